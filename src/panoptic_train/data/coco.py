@@ -1,0 +1,455 @@
+"""The COCO panoptic JSON: reading it into typed records, validating it, and the class mapping.
+
+Everything here is checked without decoding pixels, so it runs in seconds even for COCO's 118k
+images; the pixel-level checks (sizes, segment ids in the PNGs) live in `data.check`. Every problem
+found is collected and reported together, so one run of the tool shows a user all they must fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from panoptic_train.data.io import find_image_file, read_image_size
+from panoptic_train.errors import ConfigError, DataError
+
+PathLike = str | os.PathLike[str]
+
+# Segment ids are 24-bit: three 8-bit PNG channels.
+MAX_SEGMENT_ID = 2**24 - 1
+
+# A DataError lists at most this many problems; `check-data` prints all of them.
+_MAX_PROBLEMS_IN_ERROR = 30
+
+
+@dataclass(frozen=True)
+class Category:
+    id: int
+    name: str
+    isthing: bool
+    color: tuple[int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    category_id: int
+    iscrowd: bool
+    area: int | None
+    bbox: tuple[float, float, float, float] | None
+
+
+@dataclass(frozen=True)
+class PanopticSample:
+    image_id: int | str
+    image_path: Path
+    mask_path: Path
+    height: int
+    width: int
+    segments: tuple[Segment, ...]
+
+
+@dataclass(frozen=True)
+class PanopticIndex:
+    categories: tuple[Category, ...]
+    samples: tuple[PanopticSample, ...]
+    annotations_path: Path
+    ignore_classes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClassMapping:
+    """Contiguous class index <-> dataset category id, plus names and thing/stuff flags.
+
+    The order is that of the train JSON's `categories` minus `ignore_classes`; exported models
+    carry `to_list()` so predictions map back to the user's category ids.
+    """
+
+    class_ids: tuple[int, ...]
+    names: tuple[str, ...]
+    is_thing: tuple[bool, ...]
+
+    def __post_init__(self) -> None:
+        if not len(self.class_ids) == len(self.names) == len(self.is_thing):
+            raise ConfigError(
+                f"ClassMapping needs as many names ({len(self.names)}) and thing flags "
+                f"({len(self.is_thing)}) as class ids ({len(self.class_ids)})."
+            )
+        duplicates = sorted(i for i, n in Counter(self.class_ids).items() if n > 1)
+        if duplicates:
+            raise ConfigError(f"ClassMapping has duplicate category ids {duplicates}.")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+    def index_of(self, category_id: int) -> int:
+        """Contiguous index of a category id; KeyError for ignored or unknown ids."""
+        try:
+            return self._index[category_id]
+        except KeyError:
+            raise KeyError(
+                f"Category id {category_id} is not one of the classes {list(self.class_ids)}."
+            ) from None
+
+    @cached_property
+    def _index(self) -> dict[int, int]:
+        return {category_id: index for index, category_id in enumerate(self.class_ids)}
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [
+            {"id": category_id, "name": name, "isthing": thing}
+            for category_id, name, thing in zip(
+                self.class_ids, self.names, self.is_thing, strict=True
+            )
+        ]
+
+    @classmethod
+    def from_list(cls, classes: Sequence[Mapping[str, Any]]) -> ClassMapping:
+        try:
+            return cls(
+                class_ids=tuple(int(entry["id"]) for entry in classes),
+                names=tuple(str(entry["name"]) for entry in classes),
+                is_thing=tuple(bool(entry["isthing"]) for entry in classes),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ConfigError(
+                f"A class list must be a list of {{'id', 'name', 'isthing'}} dicts; got an entry "
+                f"without a valid {error}."
+            ) from error
+
+    @classmethod
+    def from_categories(
+        cls, categories: Iterable[Category], ignore_classes: Iterable[int] = ()
+    ) -> ClassMapping:
+        ignored = set(ignore_classes)
+        kept = [category for category in categories if category.id not in ignored]
+        return cls(
+            class_ids=tuple(c.id for c in kept),
+            names=tuple(c.name for c in kept),
+            is_thing=tuple(c.isthing for c in kept),
+        )
+
+
+class _Problems:
+    """Collects the problems of one dataset so that all of them are reported at once."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.messages.append(message)
+
+    def raise_if_any(self, annotations: Path) -> None:
+        if self.messages:
+            raise DataError(format_problems(annotations, self.messages))
+
+
+def format_problems(annotations: Path, messages: Sequence[str]) -> str:
+    """One error text for many problems, capped so a broken COCO-sized dataset stays readable."""
+    shown = messages[:_MAX_PROBLEMS_IN_ERROR]
+    lines = [f"{len(messages)} problem(s) in the dataset of '{annotations}':"]
+    lines += [f"  - {message}" for message in shown]
+    if len(messages) > len(shown):
+        lines.append(
+            f"  ... and {len(messages) - len(shown)} more. List all of them with: "
+            "panoptic-train check-data --images DIR --masks DIR --annotations FILE"
+        )
+    return "\n".join(lines)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_flag(value: Any) -> bool:
+    return isinstance(value, bool) or value in (0, 1)
+
+
+def _load_json(annotations: Path) -> dict[str, Any]:
+    if not annotations.is_file():
+        raise DataError(
+            f"Annotation file '{annotations}' does not exist. Pass the COCO panoptic JSON "
+            "(e.g. annotations/train.json) as 'annotations'."
+        )
+    try:
+        with annotations.open(encoding="utf-8") as handle:
+            content = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DataError(
+            f"Annotation file '{annotations}' is not valid JSON: {error.msg} at line "
+            f"{error.lineno}, column {error.colno}. Fix the file or regenerate it."
+        ) from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"Cannot read annotation file '{annotations}': {error}.") from error
+    if not isinstance(content, dict):
+        raise DataError(
+            f"Annotation file '{annotations}' holds a JSON {type(content).__name__}, but COCO "
+            "panoptic annotations are an object with 'images', 'annotations' and 'categories'."
+        )
+    missing = [key for key in ("images", "annotations", "categories") if key not in content]
+    wrong = [
+        key
+        for key in ("images", "annotations", "categories")
+        if key in content and not isinstance(content[key], list)
+    ]
+    if missing or wrong:
+        details = []
+        if missing:
+            details.append(f"missing the key(s) {missing}")
+        if wrong:
+            details.append(f"the key(s) {wrong} are not lists")
+        raise DataError(
+            f"Annotation file '{annotations}' is incomplete: {' and '.join(details)}. A COCO "
+            "panoptic JSON has the lists 'images', 'annotations' and 'categories'."
+        )
+    return content
+
+
+def _parse_categories(raw: list[Any], problems: _Problems) -> list[Category]:
+    categories: list[Category] = []
+    seen: set[int] = set()
+    for position, entry in enumerate(raw):
+        where = f"categories[{position}]"
+        if not isinstance(entry, dict):
+            problems.add(f"{where} is {entry!r}, not an object with 'id', 'name' and 'isthing'.")
+            continue
+        category_id, name, isthing = entry.get("id"), entry.get("name"), entry.get("isthing")
+        bad = []
+        if not _is_int(category_id):
+            bad.append(f"'id' {category_id!r} is not an integer")
+        if not isinstance(name, str):
+            bad.append(f"'name' {name!r} is not a string")
+        if not _is_flag(isthing):
+            bad.append(f"'isthing' {isthing!r} is not 0/1")
+        if bad:
+            problems.add(f"{where}: {'; '.join(bad)}. Fix that category entry.")
+            continue
+        if category_id in seen:
+            problems.add(
+                f"{where}: category id {category_id} appears more than once. Give every "
+                "category its own id."
+            )
+            continue
+        seen.add(category_id)
+        color = entry.get("color")
+        color_tuple = (
+            (int(color[0]), int(color[1]), int(color[2]))
+            if isinstance(color, list) and len(color) == 3 and all(_is_int(c) for c in color)
+            else None
+        )
+        categories.append(Category(category_id, name, bool(isthing), color_tuple))
+    if not categories and not problems.messages:
+        problems.add("'categories' is empty. List the dataset's thing and stuff classes there.")
+    return categories
+
+
+def _parse_segment(
+    entry: Any, where: str, category_ids: set[int], problems: _Problems
+) -> Segment | None:
+    if not isinstance(entry, dict):
+        problems.add(f"{where} is {entry!r}, not an object with 'id' and 'category_id'.")
+        return None
+    segment_id, category_id = entry.get("id"), entry.get("category_id")
+    iscrowd, area, bbox = entry.get("iscrowd", 0), entry.get("area"), entry.get("bbox")
+    bad = []
+    if not _is_int(segment_id) or not 0 < segment_id <= MAX_SEGMENT_ID:
+        bad.append(
+            f"segment 'id' {segment_id!r} is not an integer in 1..{MAX_SEGMENT_ID} "
+            "(0 is void in the PNG)"
+        )
+    if not _is_int(category_id):
+        bad.append(f"'category_id' {category_id!r} is not an integer")
+    elif category_id not in category_ids:
+        bad.append(
+            f"'category_id' {category_id} is not in 'categories' (ids {sorted(category_ids)}); "
+            "add the category or fix the id"
+        )
+    if not _is_flag(iscrowd):
+        bad.append(f"'iscrowd' {iscrowd!r} is not 0/1")
+    if area is not None and not (isinstance(area, int | float) and area >= 0):
+        bad.append(f"'area' {area!r} is not a non-negative number")
+    valid_bbox = (
+        isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)
+    )
+    if bbox is not None and not valid_bbox:
+        bad.append(f"'bbox' {bbox!r} is not [x, y, width, height]")
+    if bad:
+        problems.add(f"{where}: {'; '.join(bad)}.")
+        return None
+    return Segment(
+        id=segment_id,
+        category_id=category_id,
+        iscrowd=bool(iscrowd),
+        area=None if area is None else round(area),
+        bbox=None if bbox is None else (bbox[0], bbox[1], bbox[2], bbox[3]),
+    )
+
+
+def _parse_images(raw: list[Any], problems: _Problems) -> dict[Any, dict[str, Any]]:
+    images: dict[Any, dict[str, Any]] = {}
+    file_names: dict[str, Any] = {}
+    for position, entry in enumerate(raw):
+        where = f"images[{position}]"
+        if not isinstance(entry, dict):
+            problems.add(f"{where} is {entry!r}, not an object with 'id' and 'file_name'.")
+            continue
+        image_id, file_name = entry.get("id"), entry.get("file_name")
+        height, width = entry.get("height"), entry.get("width")
+        bad = []
+        if not (_is_int(image_id) or isinstance(image_id, str)):
+            bad.append(f"'id' {image_id!r} is not an integer or string")
+        if not isinstance(file_name, str) or not file_name:
+            bad.append(f"'file_name' {file_name!r} is not a file name")
+        for key, value in (("height", height), ("width", width)):
+            if value is not None and not (_is_int(value) and value > 0):
+                bad.append(f"'{key}' {value!r} is not a positive integer")
+        if bad:
+            problems.add(f"{where}: {'; '.join(bad)}.")
+            continue
+        if image_id in images:
+            problems.add(
+                f"{where}: image id {image_id!r} is used twice (also by "
+                f"'{images[image_id]['file_name']}'). Give every image its own id."
+            )
+            continue
+        if file_name in file_names:
+            problems.add(
+                f"{where}: file name '{file_name}' is listed twice (image ids "
+                f"{file_names[file_name]!r} and {image_id!r}). Remove the duplicate entry."
+            )
+            continue
+        file_names[file_name] = image_id
+        images[image_id] = entry
+    return images
+
+
+def read_panoptic_index(
+    images: PathLike,
+    masks: PathLike,
+    annotations: PathLike,
+    *,
+    ignore_classes: Iterable[int] = (),
+) -> PanopticIndex:
+    """Read and validate a COCO panoptic dataset's JSON and file layout (no pixel decoding).
+
+    Raises DataError listing every problem found: malformed or incomplete JSON, duplicate image
+    ids or file names, unknown category ids, images without annotation (or the reverse), missing
+    image or mask files, an empty dataset, unknown `ignore_classes`.
+    """
+    images_dir, masks_dir, annotations_path = Path(images), Path(masks), Path(annotations)
+    content = _load_json(annotations_path)
+    problems = _Problems()
+    for name, directory in (("images", images_dir), ("masks", masks_dir)):
+        if not directory.is_dir():
+            problems.add(f"The {name} directory '{directory}' does not exist. Fix the path.")
+    categories = _parse_categories(content["categories"], problems)
+    category_ids = {category.id for category in categories}
+    ignored = tuple(ignore_classes)
+    unknown_ignored = [c for c in ignored if c not in category_ids]
+    if unknown_ignored and categories:
+        problems.add(
+            f"ignore_classes {unknown_ignored} are not category ids of '{annotations_path}' "
+            f"(ids {sorted(category_ids)}). Remove them or fix the ids."
+        )
+    image_entries = _parse_images(content["images"], problems)
+    check_files = images_dir.is_dir() and masks_dir.is_dir()
+
+    samples: list[PanopticSample] = []
+    annotated: set[Any] = set()
+    mask_names: dict[str, Any] = {}
+    for position, entry in enumerate(content["annotations"]):
+        where = f"annotations[{position}]"
+        if not isinstance(entry, dict):
+            problems.add(f"{where} is {entry!r}, not an object with 'image_id' and 'file_name'.")
+            continue
+        image_id, file_name = entry.get("image_id"), entry.get("file_name")
+        segments_raw = entry.get("segments_info")
+        bad = []
+        if image_id not in image_entries:
+            bad.append(f"'image_id' {image_id!r} is not an id in 'images'")
+        elif image_id in annotated:
+            bad.append(f"image id {image_id!r} already has an annotation; merge the two entries")
+        if not isinstance(file_name, str) or not file_name:
+            bad.append(f"'file_name' {file_name!r} is not a mask file name")
+        elif file_name in mask_names:
+            bad.append(f"mask '{file_name}' is also used by image id {mask_names[file_name]!r}")
+        if not isinstance(segments_raw, list):
+            bad.append(f"'segments_info' {segments_raw!r} is not a list")
+        if bad:
+            problems.add(f"{where}: {'; '.join(bad)}.")
+            continue
+        annotated.add(image_id)
+        mask_names[file_name] = image_id
+        segments = [
+            _parse_segment(
+                segment, f"{where} ('{file_name}').segments_info[{i}]", category_ids, problems
+            )
+            for i, segment in enumerate(segments_raw)
+        ]
+        duplicates = sorted(i for i, n in Counter(s.id for s in segments if s).items() if n > 1)
+        if duplicates:
+            problems.add(
+                f"{where} ('{file_name}'): segment ids {duplicates} appear more than once in "
+                "'segments_info'. Every segment of an image needs its own id."
+            )
+        if not check_files:
+            continue
+        image_entry = image_entries[image_id]
+        image_path = find_image_file(images_dir, image_entry["file_name"])
+        mask_path = masks_dir / file_name
+        if image_path is None:
+            problems.add(
+                f"Image '{images_dir / image_entry['file_name']}' (image id {image_id!r}) does "
+                "not exist. Add the image or remove its entries from the JSON."
+            )
+        if not mask_path.is_file():
+            problems.add(
+                f"Mask '{mask_path}' (image id {image_id!r}) does not exist. Add the mask PNG or "
+                "remove its entries from the JSON."
+            )
+        if image_path is None or not mask_path.is_file() or None in segments:
+            continue
+        height, width = image_entry.get("height"), image_entry.get("width")
+        if height is None or width is None:
+            try:
+                height, width = read_image_size(image_path)
+            except DataError as error:
+                problems.add(str(error))
+                continue
+        samples.append(
+            PanopticSample(
+                image_id=image_id,
+                image_path=image_path,
+                mask_path=mask_path,
+                height=height,
+                width=width,
+                segments=tuple(s for s in segments if s is not None),
+            )
+        )
+
+    for image_id, entry in image_entries.items():
+        if image_id not in annotated:
+            problems.add(
+                f"Image '{entry['file_name']}' (image id {image_id!r}) has no entry in "
+                f"'annotations' of '{annotations_path}'. Add its segments_info and mask, or "
+                "remove the image from 'images'."
+            )
+    if not image_entries and not problems.messages:
+        problems.add(
+            f"'{annotations_path}' lists no images: the dataset is empty. Point 'annotations' "
+            "at the JSON of a dataset with at least one annotated image."
+        )
+    problems.raise_if_any(annotations_path)
+    return PanopticIndex(
+        categories=tuple(categories),
+        samples=tuple(samples),
+        annotations_path=annotations_path,
+        ignore_classes=ignored,
+    )

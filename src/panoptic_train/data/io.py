@@ -1,0 +1,134 @@
+"""Reading images and panoptic mask PNGs into numpy arrays.
+
+Every image that enters training, validation or `predict` goes through `load_image`, so all of
+them see the same conversions: EXIF orientation applied, any colour mode or bit depth turned into
+8-bit RGB. Mask PNGs hold one segment id per pixel, encoded as R + 256·G + 256²·B (COCO panoptic).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from panoptic_train.errors import DataError
+
+# The image formats the spec lists; matched case-insensitively.
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".ppm",
+    ".bmp",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".webp",
+)
+
+# PIL modes holding more than 8 bits per pixel in one channel; PIL's own convert("RGB") clips
+# them at 255 instead of scaling, which would turn most 16-bit images white.
+_WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+
+# EXIF orientations 5..8 rotate by 90 degrees, so the displayed image has height and width swapped.
+_EXIF_ORIENTATION_TAG = 0x0112
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+# Mask modes whose colours are the RGB encoding (a palette maps indices to those colours).
+_MASK_MODES = frozenset({"RGB", "RGBA", "P"})
+
+PathLike = str | os.PathLike[str]
+
+
+def load_image(path: PathLike) -> np.ndarray:
+    """Decode an image file into an (H, W, 3) uint8 RGB array, upright as EXIF says."""
+    try:
+        with Image.open(path) as image:
+            upright = ImageOps.exif_transpose(image)
+            return _to_rgb_array(upright)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(
+            f"Cannot read image '{path}': {error}. Replace the file with a readable image in one "
+            f"of the formats {', '.join(IMAGE_EXTENSIONS)}."
+        ) from error
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    if image.mode in _WIDE_GRAY_MODES:
+        # 16-bit (or 32-bit integer) grayscale: scale the 0..65535 range to 0..255.
+        wide = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        gray = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    # np.array (not asarray): a writable copy, which torch.from_numpy accepts without warning.
+    return np.array(image, dtype=np.uint8)
+
+
+def read_image_size(path: PathLike) -> tuple[int, int]:
+    """(height, width) of the upright image, read from the header without decoding pixels."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(_EXIF_ORIENTATION_TAG)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(
+            f"Cannot read image '{path}': {error}. Replace the file with a readable image in one "
+            f"of the formats {', '.join(IMAGE_EXTENSIONS)}."
+        ) from error
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        return width, height
+    return height, width
+
+
+def decode_segment_ids(rgb: np.ndarray) -> np.ndarray:
+    """Segment id per pixel of an (H, W, 3) uint8 mask: R + 256·G + 256²·B, as int32."""
+    channels = rgb.astype(np.int32)
+    return channels[..., 0] | (channels[..., 1] << 8) | (channels[..., 2] << 16)
+
+
+def encode_segment_ids(segment_ids: np.ndarray) -> np.ndarray:
+    """Inverse of `decode_segment_ids`: (H, W) ids in [0, 2^24) -> (H, W, 3) uint8 RGB."""
+    ids = segment_ids.astype(np.int64)
+    shifts = np.array([0, 8, 16], dtype=np.int64)
+    return ((ids[..., None] >> shifts) & 0xFF).astype(np.uint8)
+
+
+def load_segment_ids(path: PathLike) -> np.ndarray:
+    """Decode a COCO panoptic mask PNG into an (H, W) int32 array of segment ids (0 = void)."""
+    try:
+        with Image.open(path) as mask:
+            mode = mask.mode
+            rgb = np.array(mask.convert("RGB"), dtype=np.uint8) if mode in _MASK_MODES else None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(
+            f"Cannot read mask '{path}': {error}. Replace it with a readable RGB PNG."
+        ) from error
+    if rgb is None:
+        raise DataError(
+            f"Mask '{path}' has PIL mode {mode!r}, but COCO panoptic masks are RGB PNGs whose "
+            "colour encodes the segment id (R + 256·G + 256²·B). Re-save the mask as an RGB PNG."
+        )
+    return decode_segment_ids(rgb)
+
+
+def find_image_file(directory: Path, file_name: str) -> Path | None:
+    """The image named `file_name` in `directory`, else the only supported image with its stem.
+
+    COCO JSON files often name `x.jpg` while a converted dataset stores `x.png`; matching the stem
+    accepts that without guessing between several candidates.
+    """
+    exact = directory / file_name
+    if exact.is_file():
+        return exact
+    stem = Path(file_name).stem
+    parent = exact.parent
+    candidates = [
+        parent / f"{stem}{extension}"
+        for extension in (*IMAGE_EXTENSIONS, *(e.upper() for e in IMAGE_EXTENSIONS))
+    ]
+    # A set: on case-insensitive file systems `x.jpg` and `x.JPG` are the same file.
+    found = {candidate.resolve() for candidate in candidates if candidate.is_file()}
+    return found.pop() if len(found) == 1 else None
