@@ -1,0 +1,101 @@
+"""The image kinds `predict` and `visualize` accept, turned into one tensor layout.
+
+Files go through `data.io.load_image`, the decoder training and validation use (EXIF orientation,
+any colour mode or bit depth to 8-bit RGB), so a file predicts exactly as it validated.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from panoptic_train.data.io import load_image
+from panoptic_train.errors import ConfigError
+
+ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray | Tensor
+
+_EXPECTED = (
+    "an image path, a PIL image, a numpy (H, W, 3) uint8 array or a torch (3, H, W) tensor "
+    "(uint8 in 0..255 or float in 0..1)"
+)
+
+
+def is_single_image(value: Any) -> bool:
+    """True for one image, False for a list/tuple of them (how `predict` decides what to return)."""
+    return not isinstance(value, (list, tuple))
+
+
+def to_image_tensor(image: ImageInput) -> Tensor:
+    """One image as a (3, H, W) CPU tensor: uint8 for decoded images, float32 in [0, 1] as given.
+
+    Float tensors keep their precision (no round trip through uint8); preprocessing converts
+    both kinds the same way.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return _from_hwc(load_image(Path(image)))
+    if isinstance(image, Image.Image):
+        return _from_hwc(np.asarray(image.convert("RGB")))
+    if isinstance(image, np.ndarray):
+        return _from_numpy(image)
+    if isinstance(image, Tensor):
+        return _from_tensor(image)
+    raise ConfigError(
+        f"Cannot predict on an object of type {type(image).__name__}: pass {_EXPECTED}."
+    )
+
+
+def to_uint8_image(image: ImageInput) -> Tensor:
+    """One image as a (3, H, W) uint8 tensor, for drawing."""
+    tensor = to_image_tensor(image)
+    if tensor.dtype == torch.uint8:
+        return tensor
+    return tensor.mul(255).round_().to(torch.uint8)
+
+
+def _from_hwc(array: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+
+
+def _from_numpy(array: np.ndarray) -> Tensor:
+    if array.dtype != np.uint8:
+        raise ConfigError(
+            f"A numpy image must have dtype uint8 (values 0..255), got {array.dtype}. Convert it "
+            "with `array.astype(np.uint8)` after scaling to 0..255, or pass a float torch tensor."
+        )
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise ConfigError(
+            f"A numpy image must be (H, W, 3) RGB (or (H, W) gray, (H, W, 4) RGBA), got shape "
+            f"{array.shape}. Channels go last in numpy images."
+        )
+    return _from_hwc(array[:, :, :3])
+
+
+def _from_tensor(tensor: Tensor) -> Tensor:
+    if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
+        raise ConfigError(
+            f"A torch image must be (3, H, W) (or (1, H, W) gray), channels first, got shape "
+            f"{tuple(tensor.shape)}. For a batch, pass a list of images."
+        )
+    tensor = tensor.detach().cpu().expand(3, -1, -1)
+    if tensor.dtype == torch.uint8:
+        return tensor.contiguous()
+    if not tensor.is_floating_point():
+        raise ConfigError(
+            f"A torch image must be uint8 (0..255) or float (0..1), got dtype {tensor.dtype}."
+        )
+    low, high = tensor.min().item(), tensor.max().item()
+    if low < 0 or high > 1:
+        raise ConfigError(
+            f"A float torch image must hold values in [0, 1], got [{low:.3g}, {high:.3g}]. "
+            "Divide 0..255 images by 255 (or pass them as uint8); pass images unnormalised, "
+            "`predict` normalises them itself."
+        )
+    return tensor.float().contiguous()

@@ -1,0 +1,217 @@
+"""The exported-model file (`exported_*.pt`): everything `load_model` needs, as plain values.
+
+The file is a dict of Python values and tensors, so it loads with `torch.load(weights_only=True)`
+and loading a model never runs code from the file. Training checkpoints (`.ckpt`) carry the
+same dict under `CHECKPOINT_MODEL_KEY`.
+
+    format          "panoptic_train.eomt_panoptic"
+    format_version  1
+    model_name      registry name the network was built from, e.g. "dinov3/vits16-eomt"
+    eomt_config     EoMTConfig.to_dict(): rebuilds the architecture
+    state_dict      the network's weights and buffers
+    classes         [{"id", "name", "isthing"}, ...] in class-index order (ClassMapping)
+    image_size      [height, width] the input is resized and padded to
+    normalize       {"mean": [r, g, b], "std": [r, g, b]}
+    postprocess     {"threshold", "mask_threshold", "overlap_threshold"}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from panoptic_train._io import atomic_torch_save
+from panoptic_train.data.coco import ClassMapping
+from panoptic_train.errors import ConfigError, WeightsError
+from panoptic_train.inference.postprocess import PostprocessConfig
+from panoptic_train.models.eomt import EoMT, EoMTConfig
+
+FORMAT = "panoptic_train.eomt_panoptic"
+FORMAT_VERSION = 1
+CHECKPOINT_MODEL_KEY = "model"
+_KEYS = (
+    "format",
+    "format_version",
+    "model_name",
+    "eomt_config",
+    "state_dict",
+    "classes",
+    "image_size",
+    "normalize",
+    "postprocess",
+)
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """The validated content of an exported-model file."""
+
+    model_name: str
+    config: EoMTConfig
+    state_dict: dict[str, Tensor]
+    classes: ClassMapping
+    image_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    postprocess: PostprocessConfig = dataclasses.field(default_factory=PostprocessConfig)
+
+    @classmethod
+    def from_network(
+        cls,
+        network: EoMT,
+        *,
+        model_name: str,
+        classes: ClassMapping,
+        mean: Sequence[float],
+        std: Sequence[float],
+        image_size: tuple[int, int] | None = None,
+        postprocess: PostprocessConfig | None = None,
+    ) -> ExportedModel:
+        """Snapshot a network (the bare EoMT, not a DDP/compile wrapper) with its metadata.
+
+        image_size defaults to the size in the network's config.
+        """
+        if classes.num_classes != network.config.num_classes:
+            raise ConfigError(
+                f"The network predicts {network.config.num_classes} classes but "
+                f"{classes.num_classes} class names were given; pass the ClassMapping the network "
+                "was trained with."
+            )
+        state = {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
+        return cls(
+            model_name=model_name,
+            config=network.config,
+            state_dict=state,
+            classes=classes,
+            image_size=tuple(image_size or network.config.image_size),
+            mean=_triple(mean, "normalize.mean"),
+            std=_triple(std, "normalize.std"),
+            postprocess=postprocess or PostprocessConfig(),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file content: plain Python values and tensors only."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_name": self.model_name,
+            "eomt_config": self.config.to_dict(),
+            "state_dict": self.state_dict,
+            "classes": self.classes.to_list(),
+            "image_size": list(self.image_size),
+            "normalize": {"mean": list(self.mean), "std": list(self.std)},
+            "postprocess": dataclasses.asdict(self.postprocess),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the file atomically (a crash never leaves a truncated model)."""
+        atomic_torch_save(self.to_dict(), path)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str) -> ExportedModel:
+        """Validate a loaded dict; `source` names where it came from for error messages."""
+        missing = [key for key in _KEYS if key not in data]
+        if missing:
+            raise WeightsError(f"{source} is missing the entries {missing} of an exported model.")
+        if data["format"] != FORMAT:
+            raise WeightsError(
+                f"{source} has format {data['format']!r}; expected {FORMAT!r} (a file written by "
+                "panoptic_train's training or `ExportedModel.save`)."
+            )
+        if data["format_version"] != FORMAT_VERSION:
+            raise WeightsError(
+                f"{source} has format version {data['format_version']!r}, but this panoptic_train "
+                f"reads version {FORMAT_VERSION}. Load it with the panoptic_train version that "
+                "wrote it, or re-export it."
+            )
+        try:
+            normalize = data["normalize"]
+            return cls(
+                model_name=str(data["model_name"]),
+                config=EoMTConfig.from_dict(dict(data["eomt_config"])),
+                state_dict=dict(data["state_dict"]),
+                classes=ClassMapping.from_list(data["classes"]),
+                image_size=tuple(int(side) for side in data["image_size"]),
+                mean=_triple(normalize["mean"], "normalize.mean"),
+                std=_triple(normalize["std"], "normalize.std"),
+                postprocess=PostprocessConfig(**data["postprocess"]),
+            )
+        except (ConfigError, KeyError, TypeError, ValueError) as error:
+            raise WeightsError(f"{source} holds an invalid exported model: {error}") from error
+
+    def build_network(self) -> EoMT:
+        """Rebuild the architecture and load the weights (all keys must match)."""
+        from panoptic_train.models.registry import build_eomt
+
+        network = build_eomt(self.config)
+        result = network.load_state_dict(self.state_dict, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise WeightsError(
+                f"The weights of model {self.model_name!r} do not fit its architecture: missing "
+                f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]} (first 5 of "
+                f"{len(result.missing_keys)} / {len(result.unexpected_keys)}). The file is "
+                "corrupt or was edited; re-export it from its checkpoint."
+            )
+        return network.eval()
+
+
+def _triple(values: Sequence[float], name: str) -> tuple[float, float, float]:
+    triple = tuple(float(v) for v in values)
+    if len(triple) != 3:
+        raise ConfigError(f"{name} needs one value per RGB channel, got {list(values)!r}.")
+    return triple  # type: ignore[return-value]
+
+
+def read_model_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a file with `torch.load(weights_only=True)` and return its exported-model dict.
+
+    Accepts an exported-model file or a training checkpoint holding one under
+    CHECKPOINT_MODEL_KEY; anything else is a WeightsError saying what was found.
+    """
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        what = f"the Python object {found.group(1)}" if found else "Python objects"
+        raise WeightsError(
+            f"'{path}' cannot be loaded safely: it contains {what}, not only plain values and "
+            "tensors. Only exported models (exported_*.pt) and training checkpoints (.ckpt) of "
+            "panoptic_train are accepted; panoptic_train never runs code from a weights file."
+        ) from error
+    except Exception as error:  # torch.load raises many types for non-PyTorch bytes
+        raise WeightsError(
+            f"'{path}' is not a PyTorch file ({type(error).__name__}: {error}). Expected an "
+            "exported model (exported_*.pt) or a training checkpoint (.ckpt) of panoptic_train."
+        ) from error
+    if isinstance(content, Mapping) and "format" in content:
+        return dict(content)
+    nested = content.get(CHECKPOINT_MODEL_KEY) if isinstance(content, Mapping) else None
+    if isinstance(nested, Mapping) and "format" in nested:
+        return dict(nested)
+    raise WeightsError(
+        f"'{path}' holds {_describe(content)}, not a panoptic_train model. Expected an exported "
+        f"model (a dict with 'format': {FORMAT!r}, as training writes to "
+        f"exported_models/exported_*.pt) or a training checkpoint (.ckpt) holding one under "
+        f"{CHECKPOINT_MODEL_KEY!r}. To start from backbone weights, train with "
+        "model_args={'backbone_weights': ...} instead."
+    )
+
+
+def _describe(content: Any) -> str:
+    if isinstance(content, Mapping):
+        keys = [str(key) for key in list(content)[:8]]
+        more = ", ..." if len(content) > 8 else ""
+        if content and all(isinstance(value, Tensor) for value in content.values()):
+            return f"a bare state dict of {len(content)} tensors (keys {', '.join(keys)}{more})"
+        return f"a dict with keys {', '.join(keys)}{more}"
+    if isinstance(content, Tensor):
+        return f"a single tensor of shape {tuple(content.shape)}"
+    return f"a {type(content).__name__}"
