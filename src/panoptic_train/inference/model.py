@@ -1,0 +1,259 @@
+"""`load_model` and the model object it returns: `predict`, class names, export.
+
+`predict` runs the same three steps as validation: `data.transforms.resize_and_pad`, the EoMT
+eval forward pass, `inference.postprocess.panoptic_postprocess`; only the mapping from class
+indices to the dataset's category ids is added here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from panoptic_train.data.coco import ClassMapping
+from panoptic_train.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_and_pad
+from panoptic_train.errors import ConfigError, WeightsError
+from panoptic_train.inference.inputs import ImageInput, is_single_image, to_image_tensor
+from panoptic_train.inference.model_file import ExportedModel, read_model_dict
+from panoptic_train.inference.postprocess import (
+    PanopticPrediction,
+    PostprocessConfig,
+    panoptic_postprocess,
+)
+from panoptic_train.models.eomt import EoMT
+
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class PanopticSegmentationModel:
+    """A trained EoMT with everything needed to turn images into panoptic maps.
+
+    Attributes:
+        network: the EoMT network (eval mode).
+        classes: category id -> class name.
+        is_thing: category id -> True for thing classes, False for stuff.
+        image_size: (height, width) images are resized and padded to.
+        postprocess: the default thresholds of `predict`.
+    """
+
+    def __init__(
+        self,
+        network: EoMT,
+        class_mapping: ClassMapping,
+        *,
+        model_name: str,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        image_size: tuple[int, int] | None = None,
+        postprocess: PostprocessConfig | None = None,
+        device: str | torch.device | None = None,
+        precision: Precision = "auto",
+        compile: bool = False,
+    ) -> None:
+        self.network = network.eval()
+        self.class_mapping = class_mapping
+        self.model_name = model_name
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.image_size = tuple(image_size or network.config.image_size)
+        self.postprocess = postprocess or PostprocessConfig()
+        self.classes = dict(zip(class_mapping.class_ids, class_mapping.names, strict=True))
+        self.is_thing = dict(zip(class_mapping.class_ids, class_mapping.is_thing, strict=True))
+        self.device = _resolve_device(device)
+        self.dtype = _resolve_precision(precision, self.device)
+        self.network.to(self.device)
+        self._category_ids = torch.tensor(class_mapping.class_ids, device=self.device)
+        self._thing_flags = torch.tensor(class_mapping.is_thing, device=self.device)
+        self._forward = torch.compile(self.network) if compile else self.network
+
+    def predict(
+        self,
+        image: ImageInput | Sequence[ImageInput],
+        *,
+        threshold: float | None = None,
+        mask_threshold: float | None = None,
+        overlap_threshold: float | None = None,
+        batch_size: int = 8,
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Panoptic segmentation of one image, or of a list of images (run in batches).
+
+        image: a path, PIL image, numpy (H, W, 3) uint8 array, torch (3, H, W) tensor (uint8, or
+            float in 0..1), or a list/tuple of these.
+        threshold, mask_threshold, overlap_threshold: override `self.postprocess` for this call.
+
+        Returns per image a dict of CPU tensors:
+            masks: int64 (H, W, 2) at the image's size: (category id, segment id) per pixel;
+                void pixels are -1 in both channels.
+            segment_ids: int64 (S,); scores: float32 (S,); labels: int64 (S,) category ids.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"predict batch_size must be a positive integer, got {batch_size!r}.")
+        config = self.postprocess.replace(threshold, mask_threshold, overlap_threshold)
+        images = [image] if is_single_image(image) else list(image)
+        results: list[dict[str, Tensor]] = []
+        for start in range(0, len(images), batch_size):
+            chunk = [to_image_tensor(item) for item in images[start : start + batch_size]]
+            results.extend(self._predict_batch(chunk, config))
+        return results[0] if is_single_image(image) else results
+
+    @torch.inference_mode()
+    def _predict_batch(
+        self, images: list[Tensor], config: PostprocessConfig
+    ) -> list[dict[str, Tensor]]:
+        prepared = [resize_and_pad(image, self.image_size, self.mean, self.std) for image in images]
+        batch = torch.stack([inputs for inputs, _ in prepared]).to(self.device, non_blocking=True)
+        with self._autocast():
+            output = self._forward(batch)
+        predictions = panoptic_postprocess(
+            output.class_logits[-1],
+            output.mask_logits[-1],
+            self._thing_flags,
+            input_size=self.image_size,
+            resized_sizes=[resized for _, resized in prepared],
+            orig_sizes=[tuple(image.shape[-2:]) for image in images],
+            config=config,
+        )
+        return [self._to_category_ids(prediction) for prediction in predictions]
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def _to_category_ids(self, prediction: PanopticPrediction) -> dict[str, Tensor]:
+        """Contiguous class indices -> the dataset's category ids (void stays -1), on the CPU."""
+        masks = prediction["masks"].clone()
+        classes = masks[..., 0]
+        masks[..., 0] = torch.where(classes >= 0, self._category_ids[classes.clamp(min=0)], -1)
+        return {
+            "masks": masks.cpu(),
+            "segment_ids": prediction["segment_ids"].cpu(),
+            "scores": prediction["scores"].cpu(),
+            "labels": self._category_ids[prediction["labels"]].cpu(),
+        }
+
+    def to_exported(self) -> ExportedModel:
+        """The exported-model file content of this model (see `inference.model_file`)."""
+        return ExportedModel.from_network(
+            self.network,
+            model_name=self.model_name,
+            classes=self.class_mapping,
+            mean=self.mean,
+            std=self.std,
+            image_size=self.image_size,
+            postprocess=self.postprocess,
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write an exported-model file that `load_model` reads back."""
+        self.to_exported().save(path)
+
+    def export_onnx(self, out: str | os.PathLike[str], **kwargs: Any) -> Path:
+        """Export to ONNX; see `panoptic_train.export.onnx.export_onnx` for the options."""
+        from panoptic_train.export.onnx import export_onnx
+
+        return export_onnx(self, out, **kwargs)
+
+    def export_tensorrt(self, out: str | os.PathLike[str], **kwargs: Any) -> Path:
+        """Build a TensorRT engine; see `panoptic_train.export.tensorrt.export_tensorrt`."""
+        from panoptic_train.export.tensorrt import export_tensorrt
+
+        return export_tensorrt(self, out, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"PanopticSegmentationModel({self.model_name!r}, {len(self.classes)} classes, "
+            f"image_size={self.image_size}, device={self.device}, dtype={self.dtype})"
+        )
+
+
+def load_model(
+    path_or_name: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    *,
+    precision: Precision = "auto",
+    compile: bool = False,
+) -> PanopticSegmentationModel:
+    """Load an exported model (`exported_*.pt`), a training checkpoint (`.ckpt`) or a
+    COCO-fine-tuned registry model (`dinov3/...-eomt-panoptic-coco`) for prediction.
+
+    Files are read with `torch.load(weights_only=True)`: no code from a file ever runs.
+    device: "cuda" when available, else "cpu", unless given.
+    precision: "auto" runs fp32 on CPU and bf16 (fp16 where bf16 is unsupported) autocast on
+        CUDA; "fp32", "fp16" or "bf16" force one.
+    compile: wrap the network in `torch.compile` (pays off for many images of one batch size).
+    """
+    options: dict[str, Any] = {"device": device, "precision": precision, "compile": compile}
+    path = Path(path_or_name)
+    if path.is_file():
+        exported = ExportedModel.from_dict(read_model_dict(path), source=f"'{path}'")
+        return PanopticSegmentationModel(
+            exported.build_network(),
+            exported.classes,
+            model_name=exported.model_name,
+            mean=exported.mean,
+            std=exported.std,
+            image_size=exported.image_size,
+            postprocess=exported.postprocess,
+            **options,
+        )
+    return _load_registry_model(str(path_or_name), options)
+
+
+def _load_registry_model(name: str, options: dict[str, Any]) -> PanopticSegmentationModel:
+    from panoptic_train.models import registry
+
+    if not registry.is_model_name(name):
+        raise WeightsError(
+            f"'{name}' is neither a file nor a model name. Pass the path of an exported model "
+            "(e.g. out/my_experiment/exported_models/exported_best.pt), a training checkpoint "
+            "(.ckpt) or a fine-tuned model name: "
+            + ", ".join(n for n in registry.list_models() if registry.model_classes(n))
+            + "."
+        )
+    classes = registry.model_classes(name)
+    if classes is None:
+        raise WeightsError(
+            f"Model {name!r} has a pretrained backbone but no panoptic head, so it cannot "
+            "predict yet. Train it on your data with "
+            f"train_panoptic_segmentation(model={name!r}, ...) and load the exported file, or "
+            "load a fine-tuned model such as 'dinov3/vits16-eomt-panoptic-coco'."
+        )
+    info = registry.get_model_info(name)
+    network = registry.create_model(name, num_classes=len(classes))
+    return PanopticSegmentationModel(
+        network, ClassMapping.from_list(classes), model_name=info.name, **options
+    )
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"Invalid device {device!r}: {error}. Use 'cpu' or 'cuda'.") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={device!r} was asked for but CUDA is not available here; use device='cpu'."
+        )
+    return resolved
+
+
+def _resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision not in _DTYPES:
+        raise ConfigError(
+            f"Invalid precision {precision!r}; choose one of 'auto', 'fp32', 'fp16', 'bf16'."
+        )
+    return _DTYPES[precision]
