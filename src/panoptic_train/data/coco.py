@@ -137,20 +137,6 @@ class ClassMapping:
         )
 
 
-class _Problems:
-    """Collects the problems of one dataset so that all of them are reported at once."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-
-    def add(self, message: str) -> None:
-        self.messages.append(message)
-
-    def raise_if_any(self, annotations: Path) -> None:
-        if self.messages:
-            raise DataError(format_problems(annotations, self.messages))
-
-
 def format_problems(annotations: Path, messages: Sequence[str]) -> str:
     """One error text for many problems, capped so a broken COCO-sized dataset stays readable."""
     shown = messages[:_MAX_PROBLEMS_IN_ERROR]
@@ -212,13 +198,13 @@ def _load_json(annotations: Path) -> dict[str, Any]:
     return content
 
 
-def _parse_categories(raw: list[Any], problems: _Problems) -> list[Category]:
+def _parse_categories(raw: list[Any], problems: list[str]) -> list[Category]:
     categories: list[Category] = []
     seen: set[int] = set()
     for position, entry in enumerate(raw):
         where = f"categories[{position}]"
         if not isinstance(entry, dict):
-            problems.add(f"{where} is {entry!r}, not an object with 'id', 'name' and 'isthing'.")
+            problems.append(f"{where} is {entry!r}, not an object with 'id', 'name' and 'isthing'.")
             continue
         category_id, name, isthing = entry.get("id"), entry.get("name"), entry.get("isthing")
         bad = []
@@ -229,10 +215,10 @@ def _parse_categories(raw: list[Any], problems: _Problems) -> list[Category]:
         if not _is_flag(isthing):
             bad.append(f"'isthing' {isthing!r} is not 0/1")
         if bad:
-            problems.add(f"{where}: {'; '.join(bad)}. Fix that category entry.")
+            problems.append(f"{where}: {'; '.join(bad)}. Fix that category entry.")
             continue
         if category_id in seen:
-            problems.add(
+            problems.append(
                 f"{where}: category id {category_id} appears more than once. Give every "
                 "category its own id."
             )
@@ -245,16 +231,16 @@ def _parse_categories(raw: list[Any], problems: _Problems) -> list[Category]:
             else None
         )
         categories.append(Category(category_id, name, bool(isthing), color_tuple))
-    if not categories and not problems.messages:
-        problems.add("'categories' is empty. List the dataset's thing and stuff classes there.")
+    if not categories and not problems:
+        problems.append("'categories' is empty. List the dataset's thing and stuff classes there.")
     return categories
 
 
 def _parse_segment(
-    entry: Any, where: str, category_ids: set[int], problems: _Problems
+    entry: Any, where: str, category_ids: set[int], problems: list[str]
 ) -> Segment | None:
     if not isinstance(entry, dict):
-        problems.add(f"{where} is {entry!r}, not an object with 'id' and 'category_id'.")
+        problems.append(f"{where} is {entry!r}, not an object with 'id' and 'category_id'.")
         return None
     segment_id, category_id = entry.get("id"), entry.get("category_id")
     iscrowd, area, bbox = entry.get("iscrowd", 0), entry.get("area"), entry.get("bbox")
@@ -281,7 +267,7 @@ def _parse_segment(
     if bbox is not None and not valid_bbox:
         bad.append(f"'bbox' {bbox!r} is not [x, y, width, height]")
     if bad:
-        problems.add(f"{where}: {'; '.join(bad)}.")
+        problems.append(f"{where}: {'; '.join(bad)}.")
         return None
     return Segment(
         id=segment_id,
@@ -292,13 +278,13 @@ def _parse_segment(
     )
 
 
-def _parse_images(raw: list[Any], problems: _Problems) -> dict[Any, dict[str, Any]]:
+def _parse_images(raw: list[Any], problems: list[str]) -> dict[Any, dict[str, Any]]:
     images: dict[Any, dict[str, Any]] = {}
     file_names: dict[str, Any] = {}
     for position, entry in enumerate(raw):
         where = f"images[{position}]"
         if not isinstance(entry, dict):
-            problems.add(f"{where} is {entry!r}, not an object with 'id' and 'file_name'.")
+            problems.append(f"{where} is {entry!r}, not an object with 'id' and 'file_name'.")
             continue
         image_id, file_name = entry.get("id"), entry.get("file_name")
         height, width = entry.get("height"), entry.get("width")
@@ -311,16 +297,16 @@ def _parse_images(raw: list[Any], problems: _Problems) -> dict[Any, dict[str, An
             if value is not None and not (_is_int(value) and value > 0):
                 bad.append(f"'{key}' {value!r} is not a positive integer")
         if bad:
-            problems.add(f"{where}: {'; '.join(bad)}.")
+            problems.append(f"{where}: {'; '.join(bad)}.")
             continue
         if image_id in images:
-            problems.add(
+            problems.append(
                 f"{where}: image id {image_id!r} is used twice (also by "
                 f"'{images[image_id]['file_name']}'). Give every image its own id."
             )
             continue
         if file_name in file_names:
-            problems.add(
+            problems.append(
                 f"{where}: file name '{file_name}' is listed twice (image ids "
                 f"{file_names[file_name]!r} and {image_id!r}). Remove the duplicate entry."
             )
@@ -343,18 +329,35 @@ def read_panoptic_index(
     ids or file names, unknown category ids, images without annotation (or the reverse), missing
     image or mask files, an empty dataset, unknown `ignore_classes`.
     """
+    index, problems = scan_panoptic_index(images, masks, annotations, ignore_classes=ignore_classes)
+    if problems:
+        raise DataError(format_problems(index.annotations_path, problems))
+    return index
+
+
+def scan_panoptic_index(
+    images: PathLike,
+    masks: PathLike,
+    annotations: PathLike,
+    *,
+    ignore_classes: Iterable[int] = (),
+) -> tuple[PanopticIndex, list[str]]:
+    """The index of the usable samples and the list of problems found (see read_panoptic_index).
+
+    Only a JSON that cannot be read at all raises (DataError): nothing else can be checked then.
+    """
     images_dir, masks_dir, annotations_path = Path(images), Path(masks), Path(annotations)
     content = _load_json(annotations_path)
-    problems = _Problems()
+    problems: list[str] = []
     for name, directory in (("images", images_dir), ("masks", masks_dir)):
         if not directory.is_dir():
-            problems.add(f"The {name} directory '{directory}' does not exist. Fix the path.")
+            problems.append(f"The {name} directory '{directory}' does not exist. Fix the path.")
     categories = _parse_categories(content["categories"], problems)
     category_ids = {category.id for category in categories}
     ignored = tuple(ignore_classes)
     unknown_ignored = [c for c in ignored if c not in category_ids]
     if unknown_ignored and categories:
-        problems.add(
+        problems.append(
             f"ignore_classes {unknown_ignored} are not category ids of '{annotations_path}' "
             f"(ids {sorted(category_ids)}). Remove them or fix the ids."
         )
@@ -367,7 +370,7 @@ def read_panoptic_index(
     for position, entry in enumerate(content["annotations"]):
         where = f"annotations[{position}]"
         if not isinstance(entry, dict):
-            problems.add(f"{where} is {entry!r}, not an object with 'image_id' and 'file_name'.")
+            problems.append(f"{where} is {entry!r}, not an object with 'image_id' and 'file_name'.")
             continue
         image_id, file_name = entry.get("image_id"), entry.get("file_name")
         segments_raw = entry.get("segments_info")
@@ -383,7 +386,7 @@ def read_panoptic_index(
         if not isinstance(segments_raw, list):
             bad.append(f"'segments_info' {segments_raw!r} is not a list")
         if bad:
-            problems.add(f"{where}: {'; '.join(bad)}.")
+            problems.append(f"{where}: {'; '.join(bad)}.")
             continue
         annotated.add(image_id)
         mask_names[file_name] = image_id
@@ -395,7 +398,7 @@ def read_panoptic_index(
         ]
         duplicates = sorted(i for i, n in Counter(s.id for s in segments if s).items() if n > 1)
         if duplicates:
-            problems.add(
+            problems.append(
                 f"{where} ('{file_name}'): segment ids {duplicates} appear more than once in "
                 "'segments_info'. Every segment of an image needs its own id."
             )
@@ -405,12 +408,12 @@ def read_panoptic_index(
         image_path = find_image_file(images_dir, image_entry["file_name"])
         mask_path = masks_dir / file_name
         if image_path is None:
-            problems.add(
+            problems.append(
                 f"Image '{images_dir / image_entry['file_name']}' (image id {image_id!r}) does "
                 "not exist. Add the image or remove its entries from the JSON."
             )
         if not mask_path.is_file():
-            problems.add(
+            problems.append(
                 f"Mask '{mask_path}' (image id {image_id!r}) does not exist. Add the mask PNG or "
                 "remove its entries from the JSON."
             )
@@ -421,7 +424,7 @@ def read_panoptic_index(
             try:
                 height, width = read_image_size(image_path)
             except DataError as error:
-                problems.add(str(error))
+                problems.append(str(error))
                 continue
         samples.append(
             PanopticSample(
@@ -436,20 +439,20 @@ def read_panoptic_index(
 
     for image_id, entry in image_entries.items():
         if image_id not in annotated:
-            problems.add(
+            problems.append(
                 f"Image '{entry['file_name']}' (image id {image_id!r}) has no entry in "
                 f"'annotations' of '{annotations_path}'. Add its segments_info and mask, or "
                 "remove the image from 'images'."
             )
-    if not image_entries and not problems.messages:
-        problems.add(
+    if not image_entries and not problems:
+        problems.append(
             f"'{annotations_path}' lists no images: the dataset is empty. Point 'annotations' "
             "at the JSON of a dataset with at least one annotated image."
         )
-    problems.raise_if_any(annotations_path)
-    return PanopticIndex(
+    index = PanopticIndex(
         categories=tuple(categories),
         samples=tuple(samples),
         annotations_path=annotations_path,
         ignore_classes=ignored,
     )
+    return index, problems

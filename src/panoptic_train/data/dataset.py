@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from panoptic_train.data.check import check_dataset
 from panoptic_train.data.coco import ClassMapping, PanopticIndex, read_panoptic_index
-from panoptic_train.data.config import DataArgs
+from panoptic_train.data.config import DataArgs, SplitArgs
 from panoptic_train.data.io import load_image, load_segment_ids
 from panoptic_train.data.transforms import (
     NormalizeArgs,
@@ -185,26 +186,29 @@ class PanopticDatasets:
 
 
 def build_datasets(
-    data: DataArgs, transform_args: TransformArgs, classes: ClassMapping | None = None
+    data: DataArgs,
+    transform_args: TransformArgs,
+    classes: ClassMapping | None = None,
+    *,
+    check_pixels: bool = True,
+    num_workers: int = 0,
 ) -> PanopticDatasets:
     """Read and validate both splits and build their datasets.
 
     The classes come from the train JSON's categories minus `ignore_classes`, unless `classes`
-    is given (e.g. to keep a fine-tuned model's class order). Raises DataError if a split uses a
-    category the classes do not know.
+    is given (e.g. to keep a fine-tuned model's class order). With `check_pixels` every mask is
+    decoded first (spread over `num_workers` processes) so that bad data fails before training
+    starts. Raises DataError listing the problems of a split, or if a split uses a category the
+    classes do not know.
     """
-    train_index = read_panoptic_index(
-        data.train.images,
-        data.train.masks,
-        data.train.annotations,
-        ignore_classes=data.ignore_classes,
-    )
-    val_index = read_panoptic_index(
-        data.val.images, data.val.masks, data.val.annotations, ignore_classes=data.ignore_classes
-    )
+    indices = [
+        _read_split(split, data.ignore_classes, check_pixels, num_workers)
+        for split in (data.train, data.val)
+    ]
+    train_index, val_index = indices
     if classes is None:
         classes = ClassMapping.from_categories(train_index.categories, data.ignore_classes)
-    for index in (train_index, val_index):
+    for index in indices:
         _check_categories_known(index, classes)
     return PanopticDatasets(
         train=PanopticTrainDataset(train_index, classes, TrainTransform(transform_args)),
@@ -213,6 +217,24 @@ def build_datasets(
         ),
         classes=classes,
     )
+
+
+def _read_split(
+    split: SplitArgs, ignore_classes: tuple[int, ...], check_pixels: bool, num_workers: int
+) -> PanopticIndex:
+    if not check_pixels:
+        return read_panoptic_index(
+            split.images, split.masks, split.annotations, ignore_classes=ignore_classes
+        )
+    report = check_dataset(
+        split.images,
+        split.masks,
+        split.annotations,
+        ignore_classes=ignore_classes,
+        decode_images=False,
+        num_workers=num_workers,
+    )
+    return report.usable_index()
 
 
 def _check_categories_known(index: PanopticIndex, classes: ClassMapping) -> None:
