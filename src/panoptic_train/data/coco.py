@@ -297,7 +297,7 @@ def _parse_images(raw: list[Any], problems: list[str]) -> dict[Any, dict[str, An
             if value is not None and not (_is_int(value) and value > 0):
                 bad.append(f"'{key}' {value!r} is not a positive integer")
         if bad:
-            problems.append(f"{where}: {'; '.join(bad)}.")
+            problems.append(f"{where}: {'; '.join(bad)}. Fix that entry.")
             continue
         if image_id in images:
             problems.append(
@@ -376,7 +376,10 @@ def scan_panoptic_index(
         segments_raw = entry.get("segments_info")
         bad = []
         if image_id not in image_entries:
-            bad.append(f"'image_id' {image_id!r} is not an id in 'images'")
+            bad.append(
+                f"'image_id' {image_id!r} is not an id in 'images' (add an 'images' entry for "
+                "it or remove this annotation)"
+            )
         elif image_id in annotated:
             bad.append(f"image id {image_id!r} already has an annotation; merge the two entries")
         if not isinstance(file_name, str) or not file_name:
@@ -386,7 +389,7 @@ def scan_panoptic_index(
         if not isinstance(segments_raw, list):
             bad.append(f"'segments_info' {segments_raw!r} is not a list")
         if bad:
-            problems.append(f"{where}: {'; '.join(bad)}.")
+            problems.append(f"{where}: {'; '.join(bad)}. Fix that entry.")
             continue
         annotated.add(image_id)
         mask_names[file_name] = image_id
