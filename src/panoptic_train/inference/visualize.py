@@ -118,6 +118,10 @@ def _draw_labels(
         category = int(categories[segment])
         text = classes.get(category, str(category)) if classes is not None else str(category)
         y, x = divmod(pixel, width)
+        # shift the label inside the image when its segment touches the border
+        left, top, right, bottom = draw.textbbox((x, y), text, font, "mm", stroke_width=2)
+        x += max(0, -left) - max(0, right - width)
+        y += max(0, -top) - max(0, bottom - height)
         draw.text(
-            (x, y), text, fill="white", anchor="mm", font=font, stroke_width=2, stroke_fill="black"
+            (x, y), text, fill="white", font=font, anchor="mm", stroke_width=2, stroke_fill="black"
         )

@@ -1,0 +1,222 @@
+"""Predict a set of image files and write the results in COCO panoptic format.
+
+Output folder layout (scorable by `panoptic-train evaluate` or COCO's panopticapi):
+
+    OUT/panoptic/<stem>.png      segment id per pixel as R + 256·G + 256²·B (0 = void)
+    OUT/predictions.json         {"images", "annotations" (with segments_info), "categories"}
+    OUT/overlays/<stem>.png      the visualisation, when asked for
+
+PNG segment ids are `predict`'s segment id + 1, since COCO panoptic reserves 0 for void.
+Decoding runs in a few threads ahead of the network, so disk and decode time overlap inference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from panoptic_train._io import atomic_write, atomic_write_json
+from panoptic_train.data.io import IMAGE_EXTENSIONS, encode_segment_ids
+from panoptic_train.errors import ConfigError, DataError
+from panoptic_train.inference.inputs import to_image_tensor
+from panoptic_train.inference.model import PanopticSegmentationModel
+from panoptic_train.inference.visualize import visualize
+
+PREDICTIONS_JSON = "predictions.json"
+MASKS_DIR = "panoptic"
+OVERLAYS_DIR = "overlays"
+
+
+@dataclass
+class PredictFilesReport:
+    """What `predict_files` wrote and which inputs it had to skip (path -> reason)."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: dict[Path, str] = field(default_factory=dict)
+    predictions_json: Path | None = None
+
+
+def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Image files named directly, plus the images (by extension) inside named folders.
+
+    Folders are not searched recursively. Two images with the same file stem would write the
+    same PNG, so that is an error naming both.
+    """
+    images: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            images += sorted(
+                p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+        elif item.is_file():
+            images.append(item)
+        else:
+            raise ConfigError(f"Input '{item}' is neither an image file nor a folder.")
+    if not images:
+        raise ConfigError(
+            f"No images found in {[str(i) for i in inputs]}; folders are searched for "
+            f"{', '.join(IMAGE_EXTENSIONS)} files (not recursively)."
+        )
+    by_stem: dict[str, Path] = {}
+    for image in images:
+        other = by_stem.setdefault(image.stem, image)
+        if other != image:
+            raise ConfigError(
+                f"'{other}' and '{image}' would both be written as {image.stem}.png; predict "
+                "them into separate --out folders or rename one."
+            )
+    return images
+
+
+def image_ids_from_annotations(annotations: str | os.PathLike[str]) -> dict[str, Any]:
+    """File stem -> image id from a COCO JSON's `images`, so predictions match its ground truth."""
+    try:
+        images = json.loads(Path(annotations).read_text(encoding="utf-8"))["images"]
+        return {Path(image["file_name"]).stem: image["id"] for image in images}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(
+            f"Cannot read image ids from '{annotations}': {error}. Pass a COCO JSON with an "
+            "'images' list of {'id', 'file_name'} entries."
+        ) from error
+
+
+def predict_files(
+    model: PanopticSegmentationModel,
+    images: Sequence[Path],
+    out: str | os.PathLike[str],
+    *,
+    overlay: bool = False,
+    batch_size: int = 8,
+    image_ids: dict[str, Any] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    on_skip: Callable[[Path, str], None] | None = None,
+    **thresholds: float | None,
+) -> PredictFilesReport:
+    """Predict `images` and write PNGs, `predictions.json` and optional overlays under `out`.
+
+    image_ids: file stem -> image id (see `image_ids_from_annotations`); the stem otherwise.
+    on_progress: told how many more images are done (written or skipped), e.g. a bar's update.
+    on_skip: told about each unreadable image, which is skipped rather than aborting the run.
+    thresholds: `threshold`, `mask_threshold`, `overlap_threshold` overrides for `predict`.
+    """
+    out = Path(out)
+    report = PredictFilesReport()
+    records: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    batch: list[tuple[Path, Tensor]] = []
+
+    def flush() -> None:
+        results = model.predict([tensor for _, tensor in batch], **thresholds)
+        for (path, tensor), result in zip(batch, results, strict=True):
+            image_id = (image_ids or {}).get(path.stem, path.stem)
+            records.append(_write_result(out, path, image_id, result))
+            if overlay:
+                rendered = visualize(tensor, result, model.classes)
+                _save_png(rendered, out / OVERLAYS_DIR / f"{path.stem}.png")
+            report.written.append(out / MASKS_DIR / f"{path.stem}.png")
+        if on_progress is not None:
+            on_progress(len(batch))
+        batch.clear()
+
+    for path, decoded in _decode_ahead(images, depth=2 * batch_size):
+        if isinstance(decoded, DataError):
+            report.skipped[path] = str(decoded)
+            if on_skip is not None:
+                on_skip(path, str(decoded))
+            if on_progress is not None:
+                on_progress(1)
+            continue
+        batch.append((path, decoded))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+
+    report.predictions_json = out / PREDICTIONS_JSON
+    atomic_write_json(
+        {
+            "images": [image for image, _ in records],
+            "annotations": [annotation for _, annotation in records],
+            "categories": model.class_mapping.to_list(),
+        },
+        report.predictions_json,
+    )
+    return report
+
+
+def _decode_ahead(paths: Iterable[Path], depth: int) -> Iterator[tuple[Path, Tensor | DataError]]:
+    """Decode images in threads, at most `depth` ahead; failures come back as DataError."""
+
+    def decode(path: Path) -> Tensor | DataError:
+        try:
+            return to_image_tensor(path)
+        except DataError as error:
+            return error
+
+    pending: deque[tuple[Path, Future[Tensor | DataError]]] = deque()
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for path in paths:
+            pending.append((path, pool.submit(decode, path)))
+            if len(pending) >= depth:
+                done_path, future = pending.popleft()
+                yield done_path, future.result()
+        while pending:
+            done_path, future = pending.popleft()
+            yield done_path, future.result()
+
+
+def _write_result(
+    out: Path, path: Path, image_id: Any, result: dict[str, Tensor]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write one PNG; return its `images` and `annotations` JSON entries."""
+    segments = result["masks"][..., 1]
+    height, width = segments.shape
+    file_name = f"{path.stem}.png"
+    png = encode_segment_ids((segments + 1).numpy())
+    _save_png(Image.fromarray(png), out / MASKS_DIR / file_name)
+    segments_info = [
+        {
+            "id": int(segment_id) + 1,
+            "category_id": int(category),
+            "area": int(area),
+            "bbox": box,
+            "iscrowd": 0,
+            "score": round(float(score), 6),
+        }
+        for segment_id, category, area, box, score in zip(
+            result["segment_ids"].tolist(),
+            result["labels"].tolist(),
+            *_areas_and_boxes(segments, result["segment_ids"]),
+            result["scores"].tolist(),
+            strict=True,
+        )
+    ]
+    image = {"id": image_id, "file_name": path.name, "height": height, "width": width}
+    annotation = {"image_id": image_id, "file_name": file_name, "segments_info": segments_info}
+    return image, annotation
+
+
+def _areas_and_boxes(segments: Tensor, segment_ids: Tensor) -> tuple[list[int], list[list[int]]]:
+    """Pixel count and COCO [x, y, width, height] box of each segment, without a segment loop."""
+    count = int(segment_ids.max()) + 1 if segment_ids.numel() else 0  # ids are 0..S-1
+    ys, xs = torch.nonzero(segments >= 0, as_tuple=True)
+    ids = segments[ys, xs]
+    area = torch.bincount(ids, minlength=count)
+    big = segments.numel()
+    lows = [torch.full((count,), big).scatter_reduce(0, ids, c, "amin") for c in (xs, ys)]
+    highs = [torch.full((count,), -1).scatter_reduce(0, ids, c, "amax") for c in (xs, ys)]
+    boxes = torch.stack([lows[0], lows[1], highs[0] - lows[0] + 1, highs[1] - lows[1] + 1], dim=1)
+    return area[segment_ids].tolist(), boxes[segment_ids].tolist()
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    atomic_write(path, lambda handle: image.save(handle, format="PNG"))
