@@ -1,0 +1,207 @@
+"""EoMT: the Encoder-only Mask Transformer (Kerssies et al., CVPR 2025) on a DINOv3 ViT.
+
+Learned queries join the token sequence before the last `num_joint_blocks` backbone blocks. While
+training, every joint block is preceded by a prediction (class and mask logits from the shared
+heads) and the final prediction follows the last block; the mask of each prediction may restrict
+the next block's query-to-patch attention (masked attention, annealed away during training through
+the `attn_mask_probs` buffer). In eval mode only the final prediction is computed and no mask is
+built, so the eval graph has no data-dependent control flow (ONNX/TensorRT export).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from panoptic_train.errors import ConfigError
+from panoptic_train.models.dinov3 import PATCH_SIZE, DinoV3ViT, get_arch
+
+MASK_STRIDE = 4  # mask logits come out at 1/4 of the input resolution
+
+
+@dataclass(frozen=True)
+class EoMTConfig:
+    """Everything needed to rebuild an EoMT architecture (stored in exported model files).
+
+    Attributes:
+        backbone: DINOv3 size, a key of `dinov3.DINOV3_ARCHS` (e.g. "vits16").
+        num_classes: number of classes C; the class head predicts C + 1 logits (last = no object).
+        num_queries: number of learned queries (segments one image can hold).
+        num_joint_blocks: L2, the number of final backbone blocks that also process the queries.
+        image_size: (height, width) the model is trained and run at; multiples of 16.
+    """
+
+    backbone: str
+    num_classes: int
+    num_queries: int = 200
+    num_joint_blocks: int = 3
+    image_size: tuple[int, int] = (640, 640)
+
+    def __post_init__(self) -> None:
+        depth = get_arch(self.backbone).depth
+        for name in ("num_classes", "num_queries", "num_joint_blocks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"EoMT {name} must be a positive integer, got {value!r}.")
+        if self.num_joint_blocks > depth:
+            raise ConfigError(
+                f"EoMT num_joint_blocks={self.num_joint_blocks} exceeds the {depth} blocks of "
+                f"backbone {self.backbone!r}; use a value between 1 and {depth}."
+            )
+        size = tuple(self.image_size)
+        if (
+            len(size) != 2
+            or not all(isinstance(side, int) and side > 0 for side in size)
+            or any(side % PATCH_SIZE for side in size)
+        ):
+            raise ConfigError(
+                f"EoMT image_size must be (height, width) with positive multiples of {PATCH_SIZE}, "
+                f"got {self.image_size!r}."
+            )
+        object.__setattr__(self, "image_size", size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values only, so exported files load with `torch.load(weights_only=True)`."""
+        data = asdict(self)
+        data["image_size"] = list(self.image_size)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EoMTConfig:
+        """Inverse of `to_dict`; unknown keys are an error rather than silently dropped."""
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"Unknown EoMT config keys {unknown}; valid keys are {sorted(known)}."
+            )
+        values = dict(data)
+        if "image_size" in values:
+            values["image_size"] = tuple(values["image_size"])
+        return cls(**values)
+
+
+class EoMTOutput(NamedTuple):
+    """One entry per prediction: L2 + 1 while training, only the final one in eval mode."""
+
+    class_logits: list[Tensor]  # each (B, Q, C + 1)
+    mask_logits: list[Tensor]  # each (B, Q, H / 4, W / 4)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) map."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class UpscaleBlock(nn.Module):
+    """2x upsampling: transposed conv 2x2/2, GELU, depthwise 3x3 conv (no bias), LayerNorm2d."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.deconv = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=False)
+        self.norm = LayerNorm2d(dim, eps=1e-6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.dwconv(F.gelu(self.deconv(x))))
+
+
+class MaskMLP(nn.Module):
+    """Three linear layers with GELU between them: query embedding -> mask embedding."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, dim)
+        self.fc2 = nn.Linear(dim, dim)
+        self.fc3 = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc3(F.gelu(self.fc2(F.gelu(self.fc1(x)))))
+
+
+class EoMT(nn.Module):
+    """EoMT network: `forward(images) -> EoMTOutput` (see the module docstring)."""
+
+    attn_mask_probs: Tensor
+
+    def __init__(self, config: EoMTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = DinoV3ViT(config.backbone)
+        dim = self.backbone.embed_dim
+        self.queries = nn.Embedding(config.num_queries, dim)
+        self.class_head = nn.Linear(dim, config.num_classes + 1)
+        self.mask_head = MaskMLP(dim)
+        num_upscale = round(math.log2(PATCH_SIZE // MASK_STRIDE))
+        self.upscale = nn.Sequential(*(UpscaleBlock(dim) for _ in range(num_upscale)))
+        # Probability that a query keeps its masked attention, per joint block. Set by the training
+        # schedule (anneals 1 -> 0); a buffer so that checkpoints resume the schedule exactly.
+        self.register_buffer("attn_mask_probs", torch.ones(config.num_joint_blocks))
+
+    @property
+    def first_joint_block(self) -> int:
+        """Index of the first backbone block that also processes the queries."""
+        return len(self.backbone.blocks) - self.config.num_joint_blocks
+
+    def forward(self, images: Tensor) -> EoMTOutput:
+        """Images (B, 3, H, W), normalised, H and W multiples of 16."""
+        backbone = self.backbone
+        x, grid = backbone.prepare_tokens(images)
+        rope = backbone.rope(*grid)
+        # Read the schedule once per step (one host sync) rather than once per block.
+        probs = self.attn_mask_probs.tolist() if self.training else []
+        class_logits: list[Tensor] = []
+        mask_logits: list[Tensor] = []
+        for index, block in enumerate(backbone.blocks):
+            attn_mask = None
+            if index == self.first_joint_block:
+                queries = self.queries.weight.to(x.dtype)
+                x = torch.cat((queries.expand(x.shape[0], -1, -1), x), dim=1)
+            if self.training and index >= self.first_joint_block:
+                block_class, block_mask = self._predict(backbone.norm(x), grid)
+                class_logits.append(block_class)
+                mask_logits.append(block_mask)
+                prob = probs[index - self.first_joint_block]
+                if prob > 0:
+                    attn_mask = self._attention_mask(block_mask, prob, grid, x.shape[1])
+            x = block(x, rope, attn_mask)
+        final_class, final_mask = self._predict(backbone.norm(x), grid)
+        class_logits.append(final_class)
+        mask_logits.append(final_mask)
+        return EoMTOutput(class_logits=class_logits, mask_logits=mask_logits)
+
+    def _predict(self, x: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Class logits (B, Q, C+1) and mask logits (B, Q, 4*gh, 4*gw) from normalised tokens."""
+        num_queries = self.config.num_queries
+        queries = x[:, :num_queries]
+        patches = x[:, num_queries + self.backbone.num_prefix_tokens :]
+        features = patches.transpose(1, 2).reshape(x.shape[0], x.shape[2], grid[0], grid[1])
+        features = self.upscale(features)
+        masks = torch.einsum("bqc,bchw->bqhw", self.mask_head(queries), features)
+        return self.class_head(queries), masks
+
+    @torch.no_grad()
+    def _attention_mask(
+        self, mask_logits: Tensor, prob: float, grid: tuple[int, int], num_tokens: int
+    ) -> Tensor:
+        """Bool (B, 1, N, N), True = may attend: each query sees only the patches its predicted
+        mask covers (logit > 0 on the patch grid), except that each (image, query) keeps this
+        restriction only with probability `prob`. All other token pairs stay unrestricted."""
+        batch, num_queries = mask_logits.shape[:2]
+        grid_logits = F.interpolate(mask_logits, size=grid, mode="bilinear", align_corners=False)
+        blocked = grid_logits.flatten(2) <= 0
+        keep = torch.rand(batch, num_queries, 1, device=mask_logits.device) < prob
+        allowed = torch.ones(batch, num_tokens, num_tokens, dtype=torch.bool, device=blocked.device)
+        patch_start = num_queries + self.backbone.num_prefix_tokens
+        allowed[:, :num_queries, patch_start:] = ~(blocked & keep)
+        return allowed[:, None]
+
+
+__all__ = ["EoMT", "EoMTConfig", "EoMTOutput"]
