@@ -1,0 +1,94 @@
+"""Point sampling for the mask losses and the matcher (Mask2Former's point-based supervision).
+
+Masks are compared on a few thousand points instead of every pixel, which keeps the loss cheap at
+high resolution. Points are drawn uniformly over the pixels that carry a label: pixels marked
+`ignore` in the train batch (void, crowd, padding) are never sampled, so they give no gradient.
+
+A point is a pixel (its flat index, used to read the full-resolution target mask exactly) plus a
+uniform position inside that pixel (normalised xy in [0, 1], used to read the 1/4-resolution
+predicted logits by bilinear interpolation).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class Points(NamedTuple):
+    """Sampled points: flat pixel indices `pixels` (*shape), normalised `xy` (*shape, 2)."""
+
+    pixels: Tensor
+    xy: Tensor
+
+
+def valid_pixels(ignore: Tensor) -> Tensor:
+    """Flat indices of the pixels of an (H, W) `ignore` map that may be sampled."""
+    return torch.nonzero(~ignore.flatten()).squeeze(1)
+
+
+def random_points(valid: Tensor, shape: tuple[int, ...], height: int, width: int) -> Points:
+    """Points uniform over the area of the `valid` pixels (flat indices into an H x W image)."""
+    pixels = valid[torch.randint(len(valid), shape, device=valid.device)]
+    offsets = torch.rand((*shape, 2), device=valid.device)
+    rows = torch.div(pixels, width, rounding_mode="floor")
+    cols = pixels - rows * width
+    xy = torch.stack(((cols + offsets[..., 0]) / width, (rows + offsets[..., 1]) / height), dim=-1)
+    return Points(pixels=pixels, xy=xy)
+
+
+def logits_at(logits: Tensor, xy: Tensor) -> Tensor:
+    """Bilinear samples of per-mask logits (M, h, w) at per-mask points xy (M, P, 2) -> (M, P).
+
+    `align_corners=False`: coordinate 0 is the left edge of the image and 1 the right edge, at any
+    resolution, so points defined on the full-resolution image land on the right place of the
+    1/4-resolution logits. Border padding: a point in the outer half-cell takes the edge logit
+    (zero padding, as Mask2Former uses, would pull border predictions towards 0).
+    """
+    grid = xy[:, None] * 2 - 1
+    sampled = F.grid_sample(
+        logits[:, None].float(), grid.float(), padding_mode="border", align_corners=False
+    )
+    return sampled[:, 0, 0]
+
+
+def shared_logits_at(logits: Tensor, xy: Tensor) -> Tensor:
+    """Samples of all masks (M, h, w) at the same points xy (P, 2) -> (M, P)."""
+    grid = xy[None, None] * 2 - 1
+    sampled = F.grid_sample(
+        logits[None].float(), grid.float(), padding_mode="border", align_corners=False
+    )
+    return sampled[0, :, 0]
+
+
+def uncertain_points(
+    logits: Tensor,
+    valid: Tensor,
+    height: int,
+    width: int,
+    num_points: int,
+    oversample_ratio: float,
+    importance_sample_ratio: float,
+) -> Points:
+    """Per mask, `importance_sample_ratio` of the points where the prediction is least certain
+    (logit closest to 0 among `oversample_ratio` x `num_points` random candidates), the rest
+    uniformly random: the loss then concentrates on the mask borders the network gets wrong."""
+    num_masks = logits.shape[0]
+    num_uncertain = int(importance_sample_ratio * num_points)
+    num_candidates = max(int(oversample_ratio * num_points), num_uncertain)
+    candidates = random_points(valid, (num_masks, num_candidates), height, width)
+    with torch.no_grad():
+        uncertainty = -logits_at(logits.detach(), candidates.xy).abs()
+    chosen = uncertainty.topk(num_uncertain, dim=1).indices
+    uncertain = Points(
+        pixels=candidates.pixels.gather(1, chosen),
+        xy=candidates.xy.gather(1, chosen[..., None].expand(-1, -1, 2)),
+    )
+    uniform = random_points(valid, (num_masks, num_points - num_uncertain), height, width)
+    return Points(
+        pixels=torch.cat((uncertain.pixels, uniform.pixels), dim=1),
+        xy=torch.cat((uncertain.xy, uniform.xy), dim=1),
+    )

@@ -1,0 +1,54 @@
+"""Dict arguments are validated: unknown keys and bad values are errors that name them."""
+
+from __future__ import annotations
+
+import pytest
+
+from panoptic_train.errors import ConfigError
+from panoptic_train.train.config import (
+    LoggerArgs,
+    ModelArgs,
+    SaveCheckpointArgs,
+    parse_config,
+)
+
+
+def test_defaults_when_none() -> None:
+    args = parse_config(SaveCheckpointArgs, None, "save_checkpoint_args")
+    assert (args.save_every_num_steps, args.save_last, args.save_best) == (1000, True, True)
+    logger = parse_config(LoggerArgs, None, "logger_args")
+    assert logger.tensorboard is not None and logger.mlflow is None and logger.wandb is None
+
+
+def test_unknown_key_is_named_with_the_valid_keys() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(ModelArgs, {"learning_rate": 1e-3}, "model_args")
+    message = str(info.value)
+    assert "model_args['learning_rate']" in message and "'lr'" in message
+
+
+def test_unknown_nested_key_names_the_nested_keys() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(LoggerArgs, {"wandb": {"projct": "x"}}, "logger_args")
+    message = str(info.value)
+    assert "logger_args['wandb']['projct']" in message and "'project'" in message
+
+
+def test_bad_value_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"save_checkpoint_args\['save_every_num_steps'\]=0"):
+        parse_config(SaveCheckpointArgs, {"save_every_num_steps": 0}, "save_checkpoint_args")
+    with pytest.raises(ConfigError, match="one per joint block"):
+        parse_config(
+            ModelArgs,
+            {"attn_mask_annealing_steps_start": [0], "attn_mask_annealing_steps_end": [1, 2]},
+            "model_args",
+        )
+
+
+def test_turning_a_logger_off() -> None:
+    assert parse_config(LoggerArgs, {"tensorboard": None}, "logger_args").tensorboard is None
+
+
+def test_not_a_dict() -> None:
+    with pytest.raises(ConfigError, match="model_args must be a dict"):
+        parse_config(ModelArgs, "lr=1", "model_args")  # type: ignore[arg-type]

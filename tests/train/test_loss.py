@@ -1,0 +1,154 @@
+"""Mask-classification loss against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from panoptic_train.train.loss import (
+    MaskClassificationLoss,
+    average_num_masks,
+    dice_loss,
+    sigmoid_bce_loss,
+)
+from panoptic_train.train.points import uncertain_points, valid_pixels
+
+H = W = 32
+
+
+def _softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def test_bce_and_dice_match_hand_computation() -> None:
+    logits = torch.tensor([[0.0, 2.0], [-1.0, 1.0]])
+    targets = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    # Per-mask mean BCE: (ln 2 + softplus(2)) / 2 and (softplus(1) + softplus(-1)) / 2
+    bce0 = (math.log(2) + _softplus(2)) / 2
+    bce1 = (_softplus(1) + _softplus(-1)) / 2
+    assert math.isclose(
+        sigmoid_bce_loss(logits, targets, 2.0).item(), (bce0 + bce1) / 2, rel_tol=1e-6
+    )
+    s = [1 / (1 + math.exp(-v)) for v in (0.0, 2.0, -1.0, 1.0)]
+    dice0 = 1 - (2 * s[0] + 1) / (s[0] + s[1] + 1 + 1)
+    dice1 = 1 - (2 * (s[2] + s[3]) + 1) / (s[2] + s[3] + 2 + 1)
+    assert math.isclose(dice_loss(logits, targets, 4.0).item(), (dice0 + dice1) / 4, rel_tol=1e-6)
+
+
+def _example(
+    mask_level: float = 10.0,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """3 queries, 2 classes, one target of class 1 covering the whole image. Pixels x >= 20 are
+    ignored; there the target is 1 but the logits are -10, so sampling them would blow up BCE.
+    Query 0 predicts class 1 and a mask of constant logit `mask_level` on every valid pixel."""
+    class_logits = torch.tensor([[[0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [1.0, 0.0, 0.0]]])
+    mask_logits = torch.full((1, 3, H // 4, W // 4), -10.0)
+    mask_logits[0, 0, :, :6] = mask_level  # logit cells 0..5 cover every point with x < 20
+    ignore = torch.zeros(H, W, dtype=torch.bool)
+    ignore[:, 20:] = True
+    target = {
+        "masks": torch.ones(1, H, W, dtype=torch.bool),
+        "labels": torch.tensor([1]),
+        "ignore": ignore,
+    }
+    return class_logits, mask_logits, target
+
+
+def _expected_terms(
+    class_logits: torch.Tensor, mask_level: float, num_points: int, num_masks: float
+):
+    def ce(logits: list[float], label: int) -> float:
+        return -logits[label] + math.log(sum(math.exp(v) for v in logits))
+
+    rows = class_logits[0].tolist()
+    # Query 0 matched to class 1 (weight 1); queries 1, 2 are "no object" (index 2, weight 0.1).
+    loss_class = (ce(rows[0], 1) + 0.1 * ce(rows[1], 2) + 0.1 * ce(rows[2], 2)) / (1 + 0.2)
+    loss_mask = _softplus(-mask_level) / num_masks
+    s = 1 / (1 + math.exp(-mask_level))
+    loss_dice = (1 - (2 * s * num_points + 1) / (s * num_points + num_points + 1)) / num_masks
+    return loss_class, loss_mask, loss_dice
+
+
+def test_loss_matches_closed_form_and_never_samples_ignored_pixels() -> None:
+    torch.manual_seed(0)
+    class_logits, mask_logits, target = _example(mask_level=1.5)
+    loss = MaskClassificationLoss(num_classes=2, num_points=500)
+    out = loss([class_logits], [mask_logits], [target], num_masks=1.0)
+    loss_class, loss_mask, loss_dice = _expected_terms(class_logits, 1.5, 500, 1.0)
+    assert math.isclose(out.terms["loss_class"].item(), loss_class, rel_tol=1e-5)
+    assert math.isclose(out.terms["loss_mask"].item(), loss_mask, rel_tol=1e-5)
+    assert math.isclose(out.terms["loss_dice"].item(), loss_dice, rel_tol=1e-5)
+    expected_total = 2 * loss_class + 5 * loss_mask + 5 * loss_dice
+    assert math.isclose(out.total.item(), expected_total, rel_tol=1e-5)
+
+
+def test_deep_supervision_sums_every_prediction_and_names_blocks() -> None:
+    torch.manual_seed(0)
+    levels = [1.0, 2.0, 3.0]
+    examples = [_example(level) for level in levels]
+    target = examples[0][2]
+    loss = MaskClassificationLoss(num_classes=2, num_points=300)
+    out = loss(
+        [e[0] for e in examples], [e[1] for e in examples], [target], 1.0, first_joint_block=9
+    )
+    expected = 0.0
+    for class_logits, level in zip([e[0] for e in examples], levels, strict=True):
+        c, m, d = _expected_terms(class_logits, level, 300, 1.0)
+        expected += 2 * c + 5 * m + 5 * d
+    assert math.isclose(out.total.item(), expected, rel_tol=1e-5)
+    assert set(out.terms) == {
+        f"loss_{kind}{suffix}"
+        for kind in ("class", "mask", "dice")
+        for suffix in ("_block9", "_block10", "")
+    }
+
+
+def test_mask_terms_are_normalised_by_masks_across_devices() -> None:
+    torch.manual_seed(0)
+    class_logits, mask_logits, target = _example(2.0)
+    # This device has 1 mask, a simulated second device 7: the average is 4.
+    num_masks = average_num_masks([target], reduce_mean=lambda count: (count + 7) / 2)
+    assert num_masks == 4.0
+    out = MaskClassificationLoss(num_classes=2, num_points=200)(
+        [class_logits], [mask_logits], [target], num_masks
+    )
+    loss_class, loss_mask, loss_dice = _expected_terms(class_logits, 2.0, 200, 4.0)
+    assert math.isclose(out.terms["loss_mask"].item(), loss_mask, rel_tol=1e-5)
+    assert math.isclose(out.terms["loss_dice"].item(), loss_dice, rel_tol=1e-5)
+    assert math.isclose(out.terms["loss_class"].item(), loss_class, rel_tol=1e-5)
+
+
+def test_image_without_targets_learns_no_object_and_keeps_gradients() -> None:
+    class_logits = torch.randn(1, 4, 3, requires_grad=True)
+    mask_logits = torch.randn(1, 4, 8, 8, requires_grad=True)
+    target = {
+        "masks": torch.zeros(0, H, W, dtype=torch.bool),
+        "labels": torch.zeros(0, dtype=torch.long),
+        "ignore": torch.zeros(H, W, dtype=torch.bool),
+    }
+    out = MaskClassificationLoss(num_classes=2, num_points=100)(
+        [class_logits], [mask_logits], [target], average_num_masks([target])
+    )
+    expected = torch.nn.functional.cross_entropy(class_logits[0], torch.full((4,), 2))
+    assert torch.allclose(out.terms["loss_class"], expected)
+    assert out.terms["loss_mask"].item() == 0.0
+    out.total.backward()
+    assert mask_logits.grad is not None and class_logits.grad is not None
+
+
+def test_importance_sampling_prefers_uncertain_pixels_and_skips_ignored() -> None:
+    torch.manual_seed(0)
+    logits = torch.full((2, H // 4, W // 4), 8.0)
+    logits[:, :, 2:6] = 0.0  # exactly 0 (most uncertain) for pixel columns 10..21
+    ignore = torch.zeros(H, W, dtype=torch.bool)
+    ignore[:, 12:16] = True
+    points = uncertain_points(logits, valid_pixels(ignore), H, W, 1000, 3.0, 0.75)
+    cols = points.pixels % W
+    assert not ignore.flatten()[points.pixels].any()
+    assert points.pixels.shape == (2, 1000)
+    in_uncertain = ((cols >= 10) & (cols <= 21)).float().mean(1)
+    assert (in_uncertain >= 0.75).all()
+    # Coordinates fall inside their pixel.
+    assert torch.equal((points.xy[..., 0] * W).floor().long(), cols)
+    assert torch.equal((points.xy[..., 1] * H).floor().long(), points.pixels // W)

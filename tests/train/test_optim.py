@@ -1,0 +1,97 @@
+"""Learning-rate schedule, layer-wise decay and mask annealing against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from panoptic_train.models.eomt import EoMT, EoMTConfig
+from panoptic_train.train.optim import (
+    TwoStageWarmupPoly,
+    apply_learning_rates,
+    attn_mask_probability,
+    build_optimizer,
+    default_annealing_windows,
+    default_warmup_steps,
+    scaled_lr,
+    set_attn_mask_probs,
+)
+
+
+@pytest.mark.parametrize(
+    ("step", "head", "backbone"),
+    [
+        (0, 0.1, 0.0),  # first head warmup step; backbone frozen
+        (9, 1.0, 0.0),  # end of head warmup
+        (10, 1.0, 1 / 20),  # head decay starts at 1; backbone warmup starts
+        (29, (1 - 19 / 90) ** 0.9, 1.0),
+        (55, (1 - 45 / 90) ** 0.9, (1 - 25 / 70) ** 0.9),
+        (99, (1 - 89 / 90) ** 0.9, (1 - 69 / 70) ** 0.9),
+    ],
+)
+def test_two_stage_warmup_poly_values(step: int, head: float, backbone: float) -> None:
+    schedule = TwoStageWarmupPoly(total_steps=100, warmup_steps=(10, 20), power=0.9)
+    assert math.isclose(schedule.factor(step, is_backbone=False), head, abs_tol=1e-12)
+    assert math.isclose(schedule.factor(step, is_backbone=True), backbone, abs_tol=1e-12)
+
+
+def test_default_warmup_scales_with_short_runs() -> None:
+    assert default_warmup_steps(90_000) == (2000, 3000)
+    assert default_warmup_steps(360_000) == (2000, 3000)
+    assert default_warmup_steps(9_000) == (200, 300)
+    assert default_warmup_steps(10) == (1, 1)
+
+
+def test_annealing_windows_follow_the_recipe() -> None:
+    # 3 joint blocks -> 5 phases of 18 000 steps; the last phase has no masking.
+    assert default_annealing_windows(3, 90_000, 3000) == [
+        (0, 3000),
+        (36_000, 54_000),
+        (54_000, 72_000),
+    ]
+    assert default_annealing_windows(4, 60, 2) == [(0, 2), (20, 30), (30, 40), (40, 50)]
+
+
+def test_attn_mask_probability() -> None:
+    window = (100, 200)
+    assert attn_mask_probability(99, window, 0.9) == 1.0
+    assert attn_mask_probability(100, window, 0.9) == 1.0
+    assert math.isclose(attn_mask_probability(150, window, 0.9), 0.5**0.9)
+    assert attn_mask_probability(200, window, 0.9) == 0.0
+    buffer = torch.ones(2)
+    set_attn_mask_probs(buffer, 150, [(0, 100), window], 0.9)
+    assert buffer.tolist() == pytest.approx([0.0, 0.5**0.9])
+
+
+def test_lr_scaling_by_batch() -> None:
+    assert math.isclose(scaled_lr(2e-4, 16), 2e-4)
+    assert math.isclose(scaled_lr(2e-4, 4), 1e-4)
+
+
+def test_layerwise_decay_and_schedule_on_eomt() -> None:
+    model = EoMT(EoMTConfig("vitt16", num_classes=3, num_queries=4, image_size=(32, 32)))
+    optimizer = build_optimizer(model, lr=1.0, llrd=0.5, llrd_joint_blocks=1.0, weight_decay=0.05)
+    groups = {group["name"]: group for group in optimizer.param_groups}
+    depth, joint = 12, 3
+    for index in range(depth):
+        expected = 1.0 if index >= depth - joint else 0.5 ** (depth - 1 - index)
+        assert groups[f"backbone.blocks.{index}"]["base_lr"] == pytest.approx(expected)
+        assert groups[f"backbone.blocks.{index}"]["is_backbone"]
+    assert groups["backbone.norm"]["base_lr"] == 1.0
+    assert groups["backbone.embeddings"]["base_lr"] == pytest.approx(0.5**11)
+    assert groups["heads"]["base_lr"] == 1.0 and not groups["heads"]["is_backbone"]
+    assert all(group["weight_decay"] == 0.05 for group in optimizer.param_groups)
+    # Every trainable parameter is in exactly one group.
+    grouped = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+    head_params = {id(p) for p in groups["heads"]["params"]}
+    assert id(model.queries.weight) in head_params and id(model.class_head.weight) in head_params
+
+    schedule = TwoStageWarmupPoly(total_steps=100, warmup_steps=(10, 20))
+    apply_learning_rates(optimizer, schedule, step=0)
+    assert groups["heads"]["lr"] == pytest.approx(0.1)
+    assert groups["backbone.blocks.11"]["lr"] == 0.0
+    apply_learning_rates(optimizer, schedule, step=19)
+    assert groups["backbone.blocks.0"]["lr"] == pytest.approx(0.5**11 * 10 / 20)
