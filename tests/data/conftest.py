@@ -13,4 +13,6 @@ IMAGE_SIZE = (96, 128)
 @pytest.fixture(scope="session")
 def synthetic_split(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("synthetic")
-    return write_dataset(root, 6, image_size=IMAGE_SIZE, seed=0, crowd_probability=0.5)
+    return write_dataset(
+        root, 6, image_size=IMAGE_SIZE, seed=0, crowd_probability=0.5, void_probability=0.7
+    )

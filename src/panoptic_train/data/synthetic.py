@@ -39,7 +39,7 @@ _COLORS = {c["id"]: np.array(c["color"], dtype=np.float32) for c in CATEGORIES}
 _SHAPES = {1: "disk", 2: "box", 3: "triangle"}
 
 _OUTLINE_SHADE = 0.5  # outline colour = class colour x this
-_OUTLINE_WIDTH = 2  # pixels
+_OUTLINE_WIDTH_FRACTION = 0.005  # of the shorter image side, at least 1 pixel
 _NOISE_STD = 6.0  # per-pixel Gaussian noise, in 8-bit units
 _MIN_THING_AREA_FRACTION = 0.002  # instances occluded below this become void
 
@@ -178,6 +178,7 @@ def _draw_layout(
         layout.ids[_shape_mask("disk", ys, xs, cy, cx, ry, rx)] = 0
 
     size = min(height, width)
+    outline_width = max(1.0, round(_OUTLINE_WIDTH_FRACTION * size))
     if rng.random() < crowd_probability:
         category_id = int(rng.choice(THING_IDS))
         cy, cx = rng.uniform(0.2, 0.8) * height, rng.uniform(0.2, 0.8) * width
@@ -202,7 +203,7 @@ def _draw_layout(
         ry, rx = r * rng.uniform(0.7, 1.0), r * rng.uniform(0.7, 1.0)
         kind = _SHAPES[category_id]
         shape = _shape_mask(kind, ys, xs, cy, cx, ry, rx)
-        inner_ry, inner_rx = max(ry - _OUTLINE_WIDTH, 1.0), max(rx - _OUTLINE_WIDTH, 1.0)
+        inner_ry, inner_rx = max(ry - outline_width, 1.0), max(rx - outline_width, 1.0)
         inner = _shape_mask(kind, ys, xs, cy, cx, inner_ry, inner_rx)
         layout.outlined.add(paint(shape, category_id))
         layout.outline |= shape & ~inner
