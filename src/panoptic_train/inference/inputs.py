@@ -59,7 +59,11 @@ def to_uint8_image(image: ImageInput) -> Tensor:
 
 
 def _from_hwc(array: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    # torch cannot share read-only memory (PIL's arrays, users' views): copy those
+    contiguous = np.ascontiguousarray(array)
+    if not contiguous.flags.writeable:
+        contiguous = contiguous.copy()
+    return torch.from_numpy(contiguous).permute(2, 0, 1)
 
 
 def _from_numpy(array: np.ndarray) -> Tensor:

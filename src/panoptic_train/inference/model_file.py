@@ -180,17 +180,16 @@ def read_model_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         found = re.search(r"GLOBAL (\S+)", str(error))
-        what = f"the Python object {found.group(1)}" if found else "Python objects"
+        if found is None:  # not a pickle of allowed operations at all: some other file
+            raise _not_pytorch(path, error) from error
         raise WeightsError(
-            f"'{path}' cannot be loaded safely: it contains {what}, not only plain values and "
-            "tensors. Only exported models (exported_*.pt) and training checkpoints (.ckpt) of "
-            "panoptic_train are accepted; panoptic_train never runs code from a weights file."
+            f"'{path}' cannot be loaded safely: it contains the Python object {found.group(1)}, "
+            "not only plain values and tensors. Only exported models (exported_*.pt) and "
+            "training checkpoints (.ckpt) of panoptic_train are accepted; panoptic_train never "
+            "runs code from a weights file."
         ) from error
     except Exception as error:  # torch.load raises many types for non-PyTorch bytes
-        raise WeightsError(
-            f"'{path}' is not a PyTorch file ({type(error).__name__}: {error}). Expected an "
-            "exported model (exported_*.pt) or a training checkpoint (.ckpt) of panoptic_train."
-        ) from error
+        raise _not_pytorch(path, error) from error
     if isinstance(content, Mapping) and "format" in content:
         return dict(content)
     nested = content.get(CHECKPOINT_MODEL_KEY) if isinstance(content, Mapping) else None
@@ -202,6 +201,14 @@ def read_model_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
         f"exported_models/exported_*.pt) or a training checkpoint (.ckpt) holding one under "
         f"{CHECKPOINT_MODEL_KEY!r}. To start from backbone weights, train with "
         "model_args={'backbone_weights': ...} instead."
+    )
+
+
+def _not_pytorch(path: str | os.PathLike[str], error: Exception) -> WeightsError:
+    return WeightsError(
+        f"'{path}' is not a PyTorch file (torch.load failed with {type(error).__name__}). "
+        "Expected an "
+        "exported model (exported_*.pt) or a training checkpoint (.ckpt) of panoptic_train."
     )
 
 
