@@ -134,10 +134,12 @@ def resize_and_pad(
 def _normalize(
     image: torch.Tensor, mean: tuple[float, ...] | list[float], std: tuple[float, ...] | list[float]
 ) -> torch.Tensor:
-    scaled = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    """(x / 255 - mean) / std for uint8, (x - mean) / std for float in 0..1, as x * a - b."""
+    value_range = 255.0 if image.dtype == torch.uint8 else 1.0
     std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return (scaled - mean_t) / std_t
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    # One float copy, then in place: this runs per sample in the data workers.
+    return image.to(torch.float32, copy=True).mul_(1.0 / (value_range * std_t)).sub_(mean_t / std_t)
 
 
 class _ScaleJitter(v2.Transform):
@@ -207,5 +209,5 @@ class TrainTransform:
         normalized = _normalize(
             out_image.as_subclass(torch.Tensor), self.args.normalize.mean, self.args.normalize.std
         )
-        normalized[:, ids == PADDING_ID] = 0.0
+        normalized.masked_fill_(ids == PADDING_ID, 0.0)
         return normalized, ids
