@@ -7,24 +7,28 @@ score * sigmoid(mask), drop queries that lost too much of their own mask to othe
 queries of one class, and leave everything else void (-1).
 
 Everything is vectorised over pixels and queries; the only Python loops run over images and over
-row bands of very large images (to bound memory).
+row bands of very large images (to bound memory). The code is written once for torch tensors and
+numpy arrays (`inference._array_ops`): the ONNX and TensorRT runners, which must work without
+PyTorch, run these same lines on numpy arrays, and `merge_queries` (fixed shapes) is what an ONNX
+export with the merge baked in traces.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+import numpy as np
 
 from panoptic_train.errors import ConfigError
+from panoptic_train.inference._array_ops import Array, ArrayOps, array_ops
 
 # Upper bound on the number of per-query probabilities held at once at full resolution
 # (2**23 float32 = 32 MiB). Typical images fit in one band; a 12 MP photo is processed in bands.
 _MAX_BAND_ELEMENTS = 2**23
+# Pixels per band and query, whatever the bound: float32 counts of up to 2**24 are exact.
+_MAX_BAND_PIXELS = 2**23
 
 
 @dataclass(frozen=True)
@@ -70,22 +74,38 @@ class PostprocessConfig:
 class PanopticPrediction(TypedDict):
     """One image's panoptic result with contiguous class indices (callers map to category ids).
 
+    Arrays are torch tensors for tensor inputs and numpy arrays for numpy inputs.
     masks: int64 (H0, W0, 2): (class index, segment id) per pixel; void pixels are -1 in both.
     segment_ids: int64 (S,): 0..S-1, in the order of the query that founded each segment.
     scores: float32 (S,): class score of that founding query.
     labels: int64 (S,): class index of each segment.
     """
 
-    masks: Tensor
-    segment_ids: Tensor
-    scores: Tensor
-    labels: Tensor
+    masks: Array
+    segment_ids: Array
+    scores: Array
+    labels: Array
+
+
+class MergedBatch(NamedTuple):
+    """Fixed-shape result of `merge_queries` for B images of K candidate queries each.
+
+    masks: int64 (B, H0, W0, 2) as in PanopticPrediction.
+    num_segments: int64 (B,): S per image.
+    labels: int64 (B, K): slot j holds segment j's class index; -1 for slots j >= S.
+    scores: float32 (B, K): slot j holds segment j's score; 0 for slots j >= S.
+    """
+
+    masks: Array
+    num_segments: Array
+    labels: Array
+    scores: Array
 
 
 def panoptic_postprocess(
-    class_logits: Tensor,
-    mask_logits: Tensor,
-    is_thing: Sequence[bool] | Tensor,
+    class_logits: Array,
+    mask_logits: Array,
+    is_thing: Sequence[bool] | Array,
     input_size: tuple[int, int],
     resized_sizes: Sequence[tuple[int, int]],
     orig_sizes: Sequence[tuple[int, int]],
@@ -93,7 +113,8 @@ def panoptic_postprocess(
 ) -> list[PanopticPrediction]:
     """Merge the network's last prediction into one panoptic map per image.
 
-    class_logits: (B, Q, C + 1), the last entry being "no object".
+    class_logits: (B, Q, C + 1), the last entry being "no object"; a torch tensor or a numpy
+        array (the result uses the same kind).
     mask_logits: (B, Q, h, w), covering the whole padded input of size `input_size` (H, W).
     is_thing: (C,) thing flags; stuff queries of one class merge into a single segment.
     resized_sizes: per image, the (height, width) of the image inside the padded input (the rest
@@ -101,16 +122,17 @@ def panoptic_postprocess(
     orig_sizes: per image, the (height, width) the result is returned at.
     """
     config = config or PostprocessConfig()
+    ops = array_ops(class_logits)
     batch, num_queries, num_logits = class_logits.shape
-    if mask_logits.ndim != 4 or mask_logits.shape[:2] != (batch, num_queries):
+    if mask_logits.ndim != 4 or tuple(mask_logits.shape[:2]) != (batch, num_queries):
         raise ValueError(
             f"mask_logits of shape {tuple(mask_logits.shape)} do not match class_logits of shape "
             f"{tuple(class_logits.shape)}: expected ({batch}, {num_queries}, h, w)."
         )
-    thing = torch.as_tensor(is_thing, dtype=torch.bool, device=class_logits.device)
-    if thing.shape != (num_logits - 1,):
+    thing = _as_flags(ops, is_thing, like=class_logits)
+    if tuple(thing.shape) != (num_logits - 1,):
         raise ValueError(
-            f"is_thing has {thing.numel()} flags but class_logits have {num_logits - 1} classes "
+            f"is_thing has {thing.shape[0]} flags but class_logits have {num_logits - 1} classes "
             "(plus no-object)."
         )
     if len(resized_sizes) != batch or len(orig_sizes) != batch:
@@ -118,118 +140,185 @@ def panoptic_postprocess(
             f"Got {len(resized_sizes)} resized and {len(orig_sizes)} original sizes for a batch "
             f"of {batch} images."
         )
-    scores, labels = class_logits.float().softmax(dim=-1).max(dim=-1)
+    scores, labels = class_scores(ops, class_logits)
     keep = (labels != num_logits - 1) & (scores > config.threshold)
-    return [
-        _postprocess_image(
-            scores=scores[i][keep[i]],
-            labels=labels[i][keep[i]],
-            mask_logits=mask_logits[i][keep[i]],
+    predictions = []
+    for i in range(batch):
+        # Only the confident queries take part: the merge then costs K, not Q, maps per pixel.
+        kept = keep[i]
+        merged = merge_queries(
+            ops,
+            scores=scores[i][kept][None],
+            labels=labels[i][kept][None],
+            mask_logits=mask_logits[i][kept][None],
             is_thing=thing,
             input_size=input_size,
             resized_size=resized_sizes[i],
             orig_size=orig_sizes[i],
             config=config,
+            max_band_elements=_MAX_BAND_ELEMENTS,
         )
-        for i in range(batch)
-    ]
+        count = int(merged.num_segments[0])
+        predictions.append(
+            PanopticPrediction(
+                masks=merged.masks[0],
+                segment_ids=ops.asarray(np.arange(count, dtype=np.int64), like=class_logits),
+                scores=merged.scores[0, :count],
+                labels=merged.labels[0, :count],
+            )
+        )
+    return predictions
 
 
-def _postprocess_image(
-    scores: Tensor,
-    labels: Tensor,
-    mask_logits: Tensor,
-    is_thing: Tensor,
+def class_scores(ops: ArrayOps, class_logits: Array) -> tuple[Array, Array]:
+    """Best softmax probability and its class per query (the class may be "no object")."""
+    probs = ops.softmax(ops.astype(class_logits, "float32"), axis=-1)
+    labels = probs.argmax(axis=-1)
+    return ops.take_along_axis(probs, labels[..., None], axis=-1)[..., 0], labels
+
+
+def merge_queries(
+    ops: ArrayOps,
+    scores: Array,
+    labels: Array,
+    mask_logits: Array,
+    is_thing: Array,
     input_size: tuple[int, int],
     resized_size: tuple[int, int],
     orig_size: tuple[int, int],
     config: PostprocessConfig,
-) -> PanopticPrediction:
-    """Panoptic merge of the K confident queries of one image."""
-    device = scores.device
-    height, width = (int(v) for v in orig_size)
-    num_kept = scores.shape[0]
-    if num_kept == 0:
-        return _result(
-            seg_map=torch.full((height, width), -1, dtype=torch.long, device=device),
-            seg_labels=labels.new_empty(0),
-            seg_scores=scores,
-        )
+    keep: Array | None = None,
+    max_band_elements: int | None = None,
+) -> MergedBatch:
+    """Panoptic merge of B images with K candidate queries each, in fixed-size arrays.
 
-    grid_y, grid_x = _sampling_coordinates(input_size, resized_size, orig_size, device)
-    logits = mask_logits.float().unsqueeze(0)  # (1, K, h, w)
-    assign = torch.empty((height, width), dtype=torch.long, device=device)
-    valid = torch.empty((height, width), dtype=torch.bool, device=device)
-    own_area = torch.zeros(num_kept, dtype=torch.long, device=device)
-    band = max(1, _MAX_BAND_ELEMENTS // (num_kept * width))
+    scores, labels: (B, K) class score and index per query; mask_logits: (B, K, h, w).
+    keep: optional (B, K) mask of the queries that take part (None: all of them). With it the
+        merge has no data-dependent shapes, so it can be traced into an ONNX graph; `predict`
+        instead passes only the confident queries.
+    max_band_elements: bound on the (B, K, rows, W0) probabilities held at once (None: none
+        beyond _MAX_BAND_PIXELS rows * W0).
+    """
+    batch, num_queries = scores.shape[:2]
+    height, width = (int(side) for side in orig_size)
+    if num_queries == 0:
+        void = ops.full((batch, height, width, 2), -1, "int64", like=scores)
+        return MergedBatch(
+            masks=void,
+            num_segments=ops.full((batch,), 0, "int64", like=scores),
+            labels=ops.full((batch, 0), -1, "int64", like=scores),
+            scores=ops.full((batch, 0), 0.0, "float32", like=scores),
+        )
+    logits = ops.astype(mask_logits, "float32")
+    taps = [
+        _LinearTaps.build(ops, int(n_out), int(resized), int(inp), int(n_in), like=scores)
+        for n_out, resized, inp, n_in in zip(
+            orig_size, resized_size, input_size, mask_logits.shape[-2:], strict=True
+        )
+    ]
+    query_ids = ops.asarray(np.arange(num_queries), like=scores)
+    weight = scores[:, :, None, None]
+    # Rows per band: within the memory bound, and under 2**23 pixels so counts stay exact.
+    band = max(1, _MAX_BAND_PIXELS // width)
+    if max_band_elements is not None:
+        band = min(band, max(1, max_band_elements // (num_queries * width)))
+
+    assigns, valids = [], []
+    own_area = assigned_area = final_area = 0
     for top in range(0, height, band):
         rows = slice(top, min(top + band, height))
-        grid = torch.stack(
-            torch.broadcast_tensors(grid_x[None, :], grid_y[rows, None]), dim=-1
-        ).unsqueeze(0)
-        probs = F.grid_sample(
-            logits, grid, mode="bilinear", padding_mode="border", align_corners=False
-        )[0].sigmoid_()  # (K, band, W0)
+        # Cropping the padding and resizing to the original size in one bilinear resampling.
+        band_rows = taps[0].apply(ops, logits, axis=-2, rows=rows)
+        probs = ops.sigmoid(taps[1].apply(ops, band_rows, axis=-1))
         own = probs >= config.mask_threshold
-        own_area += own.sum(dim=(1, 2))
-        band_assign = (probs * scores[:, None, None]).argmax(dim=0)
-        assign[rows] = band_assign
-        valid[rows] = own.gather(0, band_assign.unsqueeze(0)).squeeze(0)
+        weighted = probs * weight
+        if keep is not None:
+            weighted = ops.where(keep[:, :, None, None], weighted, -1.0)
+        assign = weighted.argmax(axis=1)[:, None]  # (B, 1, rows, W0): each pixel's query
+        valid = ops.take_along_axis(own, assign, axis=1)  # inside its query's own mask
+        assign, valid = assign.reshape(batch, -1), valid.reshape(batch, -1)
+        # A float32 sum: torch reduces floats several times faster than bools, and a band holds
+        # at most _MAX_BAND_PIXELS (< 2**24) pixels per query, so the count is exact.
+        own_area = own_area + ops.astype(ops.astype(own, "float32").sum(axis=(2, 3)), "int64")
+        everywhere = ops.full(assign.shape, 1, "int64", like=assign)
+        assigned_area = assigned_area + ops.bincount(assign, everywhere, num_queries)
+        final_area = final_area + ops.bincount(assign, valid, num_queries)
+        assigns.append(assign)
+        valids.append(valid)
+    assign = ops.concat(assigns, axis=1)
+    valid = ops.concat(valids, axis=1)
 
     # A query is a segment when it wins pixels of its own mask and enough of that mask overall.
-    assigned_area = torch.bincount(assign.flatten(), minlength=num_kept)
-    final_area = torch.bincount(assign[valid], minlength=num_kept)
-    ratio = assigned_area.double() / own_area.clamp(min=1).double()
+    ratio = ops.astype(assigned_area, "float64") / ops.astype(own_area.clip(min=1), "float64")
     is_segment = (own_area > 0) & (final_area > 0) & (ratio >= config.overlap_threshold)
+    if keep is not None:
+        is_segment = is_segment & keep
 
-    # Group segments (stuff: one group per class; thing: one per query) numbered by the
-    # first query of each group, so ids follow query order like the reference merge.
-    founders = is_segment.nonzero().squeeze(1)
-    founder_labels = labels[founders]
-    group_key = torch.where(is_thing[founder_labels], is_thing.numel() + founders, founder_labels)
-    unique_keys, group = torch.unique(group_key, return_inverse=True)
-    position = torch.arange(founders.numel(), device=device)
-    first = torch.full_like(unique_keys, founders.numel()).scatter_reduce_(
-        0, group, position, reduce="amin"
+    # Segments group into one per thing query and one per stuff class, numbered in the order of
+    # the query founding each group (its first query), like the reference merge.
+    num_classes = is_thing.shape[0]
+    stuff = ~is_thing[labels.clip(max=num_classes - 1)]  # no-object labels only where not kept
+    same_query = query_ids[:, None] == query_ids[None, :]
+    same_stuff = (labels[:, :, None] == labels[:, None, :]) & stuff[:, :, None] & stuff[:, None, :]
+    group = is_segment[:, None, :] & (same_query[None] | same_stuff)  # (B, query, member)
+    founder = ops.astype(group, "float32").argmax(axis=-1)  # first member of each query's group
+    is_founder = is_segment & (founder == query_ids[None])
+    number = ops.astype(is_founder, "int64").cumsum(axis=1) - 1
+    segment_of_query = ops.where(is_segment, ops.take_along_axis(number, founder, axis=1), -1)
+
+    seg_map = ops.where(valid, ops.take_along_axis(segment_of_query, assign, axis=1), -1)
+    class_map = ops.where(seg_map >= 0, ops.take_along_axis(labels, assign, axis=1), -1)
+    masks = ops.stack([class_map, seg_map], axis=-1).reshape(batch, height, width, 2)
+
+    # Slot j of the outputs holds segment j: the founder numbered j.
+    in_slot = is_founder[:, None, :] & (number[:, None, :] == query_ids[None, :, None])
+    num_segments = ops.astype(is_founder, "int64").sum(axis=1)
+    slot_labels = (ops.astype(in_slot, "int64") * labels[:, None, :]).sum(axis=-1)
+    used = query_ids[None, :] < num_segments[:, None]
+    return MergedBatch(
+        masks=masks,
+        num_segments=num_segments,
+        labels=ops.where(used, slot_labels, -1),
+        scores=(ops.astype(in_slot, "float32") * scores[:, None, :]).sum(axis=-1),
     )
-    order = first.argsort()
-    segment_of_group = torch.empty_like(order)
-    segment_of_group[order] = torch.arange(order.numel(), device=device)
-
-    segment_of_query = torch.full((num_kept,), -1, dtype=torch.long, device=device)
-    segment_of_query[founders] = segment_of_group[group]
-    seg_map = torch.where(valid, segment_of_query[assign], -1)
-    representative = founders[first[order]]
-    return _result(seg_map, labels[representative], scores[representative])
 
 
-def _sampling_coordinates(
-    input_size: tuple[int, int],
-    resized_size: tuple[int, int],
-    orig_size: tuple[int, int],
-    device: torch.device,
-) -> tuple[Tensor, Tensor]:
-    """grid_sample coordinates (align_corners=False) of each original pixel centre.
+class _LinearTaps(NamedTuple):
+    """1-D linear interpolation from a mask-grid axis to original-image pixels.
 
-    Original pixel y maps to (y + 0.5) * resized / orig in the padded input, i.e. to the fraction
-    (y + 0.5) * resized / (orig * input) of the mask grid: cropping the padding and resizing to
-    the original size in one bilinear resampling (no intermediate full-resolution map).
+    Original pixel centre y maps to (y + 0.5) * resized / orig in the padded input and so to
+    (y + 0.5) * resized * n_in / (orig * input) - 0.5 on the mask grid, clamped to the grid
+    (torch grid_sample's bilinear, align_corners=False, border padding).
     """
-    coords = []
-    for inp, resized, orig in zip(input_size, resized_size, orig_size, strict=True):
+
+    low: Array
+    high: Array
+    fraction: Array
+
+    @classmethod
+    def build(
+        cls, ops: ArrayOps, n_out: int, resized: int, inp: int, n_in: int, like: Array
+    ) -> _LinearTaps:
         if not 0 < resized <= inp:
-            raise ValueError(f"Resized size {resized_size} does not fit the input {input_size}.")
-        centres = torch.arange(int(orig), device=device, dtype=torch.float32) + 0.5
-        coords.append(centres * (2.0 * resized / (orig * inp)) - 1.0)
-    return coords[0], coords[1]
+            raise ValueError(f"Resized size {resized} does not fit the input size {inp}.")
+        centres = (np.arange(n_out, dtype=np.float64) + 0.5) * (resized * n_in / (n_out * inp))
+        source = np.clip(centres - 0.5, 0, n_in - 1)
+        low = np.floor(source).astype(np.int64)
+        fraction = (source - low).astype(np.float32)
+        high = np.minimum(low + 1, n_in - 1)
+        return cls(ops.asarray(low, like), ops.asarray(high, like), ops.asarray(fraction, like))
+
+    def apply(self, ops: ArrayOps, array: Array, axis: int, rows: slice | None = None) -> Array:
+        """Interpolate `array` along axis -1 or -2 (optionally only at output `rows`)."""
+        part = slice(None) if rows is None else rows
+        low, high, fraction = self.low[part], self.high[part], self.fraction[part]
+        if axis == -2:
+            fraction = fraction[:, None]
+        axis %= array.ndim
+        return ops.lerp(ops.take(array, low, axis=axis), ops.take(array, high, axis=axis), fraction)
 
 
-def _result(seg_map: Tensor, seg_labels: Tensor, seg_scores: Tensor) -> PanopticPrediction:
-    # Appending -1 lets void pixels (segment -1) index their class -1 without a mask.
-    class_of_segment = torch.cat([seg_labels, seg_labels.new_full((1,), -1)])
-    return PanopticPrediction(
-        masks=torch.stack([class_of_segment[seg_map], seg_map], dim=-1),
-        segment_ids=torch.arange(seg_labels.numel(), dtype=torch.long, device=seg_map.device),
-        scores=seg_scores.float(),
-        labels=seg_labels.long(),
-    )
+def _as_flags(ops: ArrayOps, is_thing: Sequence[bool] | Array, like: Array) -> Array:
+    if isinstance(is_thing, (list, tuple, np.ndarray)):
+        return ops.asarray(np.asarray(is_thing, dtype=bool), like)
+    return ops.astype(is_thing, "bool")
