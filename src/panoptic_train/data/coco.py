@@ -375,7 +375,7 @@ def scan_panoptic_index(
         image_id, file_name = entry.get("image_id"), entry.get("file_name")
         segments_raw = entry.get("segments_info")
         bad = []
-        if image_id not in image_entries:
+        if not (_is_int(image_id) or isinstance(image_id, str)) or image_id not in image_entries:
             bad.append(
                 f"'image_id' {image_id!r} is not an id in 'images' (add an 'images' entry for "
                 "it or remove this annotation)"
