@@ -1,0 +1,196 @@
+"""EoMT network: agreement with transformers' EomtDinov3ForUniversalSegmentation, the training and
+eval output contract, masked attention that really masks, and a traceable eval path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from panoptic_train.errors import ConfigError
+from panoptic_train.models import weights
+from panoptic_train.models.eomt import EoMT, EoMTConfig
+
+transformers = pytest.importorskip("transformers", minversion="5.1")
+
+
+def tiny_eomt(arch: str = "test-mlp", queries: int = 7, joint_blocks: int = 2) -> EoMT:
+    config = EoMTConfig(arch, num_classes=5, num_queries=queries, num_joint_blocks=joint_blocks)
+    return EoMT(config)
+
+
+def images(batch: int = 2, height: int = 64, width: int = 64, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def test_transformers_eomt_weights_give_identical_logits(
+    tmp_path: Path, tiny_archs, perturb
+) -> None:
+    # MLP backbone only: transformers' EoMT applies `hidden_act` to the heads too, so a SwiGLU
+    # (silu) backbone would put silu in its heads, where EoMT has GELU. The gated backbone's
+    # parity is covered by test_dinov3.
+    arch = tiny_archs["test-mlp"]
+    config = transformers.EomtDinov3Config(
+        hidden_size=arch.embed_dim,
+        num_hidden_layers=arch.depth,
+        num_attention_heads=arch.num_heads,
+        intermediate_size=arch.ffn_hidden,
+        num_register_tokens=4,
+        num_blocks=2,
+        num_queries=7,
+        num_labels=5,
+        image_size=64,
+        layer_norm_eps=1e-5,  # DINOv3's value; the config's default is DINOv2's 1e-6
+    )
+    peer = transformers.EomtDinov3ForUniversalSegmentation(config).eval()
+    perturb(peer)
+    peer.attn_mask_probs.zero_()  # annealed: the peer's eval path then computes no masks either
+    peer.save_pretrained(tmp_path)
+    model = tiny_eomt("test-mlp").eval()
+    assert weights.load_weights(model, tmp_path / "model.safetensors") == "hf-eomt"
+    x = images()
+    with torch.no_grad():
+        expected = peer(pixel_values=x)
+        actual = model(x)
+    assert len(actual.class_logits) == len(actual.mask_logits) == 1
+    torch.testing.assert_close(
+        actual.class_logits[0], expected.class_queries_logits, rtol=0, atol=1e-4
+    )
+    torch.testing.assert_close(
+        actual.mask_logits[0], expected.masks_queries_logits, rtol=0, atol=1e-4
+    )
+
+
+def test_training_returns_one_prediction_per_joint_block_plus_final(tiny_archs) -> None:
+    model = tiny_eomt(joint_blocks=3).train()
+    out = model(images(height=48, width=80))
+    assert len(out.class_logits) == len(out.mask_logits) == 4
+    assert all(t.shape == (2, 7, 6) for t in out.class_logits)
+    assert all(t.shape == (2, 7, 12, 20) for t in out.mask_logits)
+    assert model.state_dict()["attn_mask_probs"].shape == (3,)
+
+
+def test_eval_returns_only_the_final_prediction(tiny_archs) -> None:
+    model = tiny_eomt(joint_blocks=3).eval()
+    with torch.no_grad():
+        out = model(images(height=48, width=80))
+    assert len(out.class_logits) == len(out.mask_logits) == 1
+    assert out.mask_logits[0].shape == (2, 7, 12, 20)
+
+
+def _patch_gradients(model: EoMT, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a model with one joint block (the last block): whether each (image, query, patch)
+    is outside the query's previous mask (logit <= 0 on the patch grid), and the gradient norm of
+    the query's final class logits w.r.t. each patch token entering that block."""
+    captured: list[torch.Tensor] = []
+
+    def keep_input(module: torch.nn.Module, args: tuple) -> None:
+        args[0].retain_grad()
+        captured.append(args[0])
+
+    handle = model.backbone.blocks[-1].register_forward_pre_hook(keep_input)
+    out = model(x)
+    handle.remove()
+    grid = (x.shape[2] // 16, x.shape[3] // 16)
+    previous = F.interpolate(out.mask_logits[0], size=grid, mode="bilinear", align_corners=False)
+    excluded = previous.flatten(2) <= 0  # (B, Q, patches)
+    queries = model.config.num_queries
+    norms = []
+    for query in range(queries):
+        (grad,) = torch.autograd.grad(
+            out.class_logits[-1][:, query].sum(), captured[0], retain_graph=True
+        )
+        norms.append(grad[:, queries + 5 :].norm(dim=-1))  # (B, patches)
+    return excluded, torch.stack(norms, dim=1)
+
+
+def test_masked_attention_blocks_gradient_from_excluded_patches(tiny_archs) -> None:
+    model = tiny_eomt(queries=6, joint_blocks=1).train()
+    model.attn_mask_probs.fill_(1.0)
+    excluded, grads = _patch_gradients(model, images(height=64, width=80))
+    assert excluded.any() and (~excluded).any()
+    assert torch.all(grads[excluded] == 0)
+    # a query still receives gradient from the patches its mask covers
+    covered = (~excluded).any(dim=-1)
+    assert torch.all((grads * ~excluded).sum(dim=-1)[covered] > 0)
+
+
+def test_each_query_keeps_its_mask_with_probability_p(tiny_archs) -> None:
+    torch.manual_seed(0)
+    model = tiny_eomt(queries=24, joint_blocks=1).train()
+    model.attn_mask_probs.fill_(0.5)
+    excluded, grads = _patch_gradients(model, images(batch=6, height=48, width=48))
+    restricted = excluded.any(dim=-1)
+    kept = torch.all((grads * excluded) == 0, dim=-1)[restricted]
+    assert kept.numel() > 60
+    assert 0.3 < kept.float().mean().item() < 0.7
+
+
+def test_probability_zero_equals_the_unmasked_eval_path(tiny_archs) -> None:
+    model = tiny_eomt(joint_blocks=2)
+    model.backbone.rope_embed.rescale = None  # make training mode deterministic
+    model.attn_mask_probs.zero_()
+    x = images(height=48, width=64)
+    with torch.no_grad():
+        trained = model.train()(x)
+        evaluated = model.eval()(x)
+    assert len(trained.class_logits) == 3
+    torch.testing.assert_close(trained.class_logits[-1], evaluated.class_logits[0])
+    torch.testing.assert_close(trained.mask_logits[-1], evaluated.mask_logits[0])
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
+def test_eval_path_traces_once_and_runs_at_other_sizes(tiny_archs) -> None:
+    # ONNX export (TorchScript exporter) traces the eval path once; a dynamic batch and image
+    # size then need shape-generic code without Python branches on tensor values.
+    model = tiny_eomt().eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = model
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self.network(x)
+            return out.class_logits[-1], out.mask_logits[-1]
+
+    with torch.no_grad():
+        traced = torch.jit.trace(Logits(), images(batch=1, height=32, width=48))
+        other = images(batch=3, height=64, width=32)
+        for got, want in zip(traced(other), Logits()(other), strict=True):
+            torch.testing.assert_close(got, want)
+
+
+def test_config_round_trips_through_plain_values(tiny_archs) -> None:
+    config = EoMTConfig("test-mlp", num_classes=4, num_queries=9, image_size=(32, 48))
+    data = config.to_dict()
+    assert data == {
+        "backbone": "test-mlp",
+        "num_classes": 4,
+        "num_queries": 9,
+        "num_joint_blocks": 3,
+        "image_size": [32, 48],
+    }
+    assert EoMTConfig.from_dict(data) == config
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"num_joint_blocks": 5}, "exceeds the 4 blocks"),
+        ({"image_size": (40, 48)}, "multiples of 16"),
+        ({"num_classes": 0}, "num_classes must be a positive integer"),
+        ({"backbone": "vitz16"}, "Unknown DINOv3 backbone 'vitz16'"),
+    ],
+)
+def test_config_rejects_bad_values(tiny_archs, changes: dict, message: str) -> None:
+    values = {"backbone": "test-mlp", "num_classes": 3, **changes}
+    with pytest.raises(ConfigError, match=message):
+        EoMTConfig(**values)
+
+
+def test_config_from_dict_rejects_unknown_keys(tiny_archs) -> None:
+    with pytest.raises(ConfigError, match=r"Unknown EoMT config keys \['patch_size'\]"):
+        EoMTConfig.from_dict({"backbone": "test-mlp", "num_classes": 3, "patch_size": 14})
