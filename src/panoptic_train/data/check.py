@@ -24,10 +24,14 @@ from panoptic_train.data.coco import (
     format_problems,
     scan_panoptic_index,
 )
-from panoptic_train.data.io import IMAGE_EXTENSIONS, load_image, load_segment_ids, read_image_size
+from panoptic_train.data.io import (
+    IMAGE_EXTENSIONS,
+    PathLike,
+    load_image,
+    load_segment_ids,
+    read_image_size,
+)
 from panoptic_train.errors import DataError
-
-PathLike = str | os.PathLike[str]
 
 # Unlisted image files named in the warning (the count is always given).
 _MAX_NAMED_FILES = 5

@@ -8,7 +8,6 @@ found is collected and reported together, so one run of the tool shows a user al
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,10 +15,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from panoptic_train.data.io import find_image_file, read_image_size
+from panoptic_train.data.io import PathLike, find_image_file, read_image_size
 from panoptic_train.errors import ConfigError, DataError
-
-PathLike = str | os.PathLike[str]
 
 # Segment ids are 24-bit: three 8-bit PNG channels.
 MAX_SEGMENT_ID = 2**24 - 1
@@ -316,6 +313,48 @@ def _parse_images(raw: list[Any], problems: list[str]) -> dict[Any, dict[str, An
     return images
 
 
+def _locate_sample(
+    image_id: int | str,
+    image_entry: dict[str, Any],
+    mask_name: str,
+    segments: tuple[Segment, ...],
+    folders: tuple[Path, Path],
+    problems: list[str],
+) -> PanopticSample | None:
+    """The sample of one annotation if its image and mask files exist (else problems noted)."""
+    images_dir, masks_dir = folders
+    image_path = find_image_file(images_dir, image_entry["file_name"])
+    mask_path = masks_dir / mask_name
+    if image_path is None:
+        problems.append(
+            f"Image '{images_dir / image_entry['file_name']}' (image id {image_id!r}) does "
+            "not exist. Add the image or remove its entries from the JSON."
+        )
+    if not mask_path.is_file():
+        problems.append(
+            f"Mask '{mask_path}' (image id {image_id!r}) does not exist. Add the mask PNG or "
+            "remove its entries from the JSON."
+        )
+        return None
+    if image_path is None:
+        return None
+    height, width = image_entry.get("height"), image_entry.get("width")
+    if height is None or width is None:
+        try:
+            height, width = read_image_size(image_path)
+        except DataError as error:
+            problems.append(str(error))
+            return None
+    return PanopticSample(
+        image_id=image_id,
+        image_path=image_path,
+        mask_path=mask_path,
+        height=height,
+        width=width,
+        segments=segments,
+    )
+
+
 def read_panoptic_index(
     images: PathLike,
     masks: PathLike,
@@ -405,40 +444,17 @@ def scan_panoptic_index(
                 f"{where} ('{file_name}'): segment ids {duplicates} appear more than once in "
                 "'segments_info'. Every segment of an image needs its own id."
             )
-        if not check_files:
-            continue
-        image_entry = image_entries[image_id]
-        image_path = find_image_file(images_dir, image_entry["file_name"])
-        mask_path = masks_dir / file_name
-        if image_path is None:
-            problems.append(
-                f"Image '{images_dir / image_entry['file_name']}' (image id {image_id!r}) does "
-                "not exist. Add the image or remove its entries from the JSON."
+        if check_files and None not in segments:
+            sample = _locate_sample(
+                image_id,
+                image_entries[image_id],
+                file_name,
+                tuple(s for s in segments if s is not None),
+                (images_dir, masks_dir),
+                problems,
             )
-        if not mask_path.is_file():
-            problems.append(
-                f"Mask '{mask_path}' (image id {image_id!r}) does not exist. Add the mask PNG or "
-                "remove its entries from the JSON."
-            )
-        if image_path is None or not mask_path.is_file() or None in segments:
-            continue
-        height, width = image_entry.get("height"), image_entry.get("width")
-        if height is None or width is None:
-            try:
-                height, width = read_image_size(image_path)
-            except DataError as error:
-                problems.append(str(error))
-                continue
-        samples.append(
-            PanopticSample(
-                image_id=image_id,
-                image_path=image_path,
-                mask_path=mask_path,
-                height=height,
-                width=width,
-                segments=tuple(s for s in segments if s is not None),
-            )
-        )
+            if sample is not None:
+                samples.append(sample)
 
     for image_id, entry in image_entries.items():
         if image_id not in annotated:
@@ -447,7 +463,7 @@ def scan_panoptic_index(
                 f"'annotations' of '{annotations_path}'. Add its segments_info and mask, or "
                 "remove the image from 'images'."
             )
-    if not image_entries and not problems:
+    if not content["images"]:
         problems.append(
             f"'{annotations_path}' lists no images: the dataset is empty. Point 'annotations' "
             "at the JSON of a dataset with at least one annotated image."

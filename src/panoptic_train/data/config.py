@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from panoptic_train.data.io import PathLike
 from panoptic_train.errors import ConfigError, DataError
 
-PathLike = str | os.PathLike[str]
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 

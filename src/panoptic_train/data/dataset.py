@@ -7,6 +7,7 @@ to classes with a sorted lookup (`searchsorted`), never with Python loops over p
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from panoptic_train.data.check import check_dataset
-from panoptic_train.data.coco import ClassMapping, PanopticIndex, read_panoptic_index
+from panoptic_train.data.coco import ClassMapping, PanopticIndex, Segment, read_panoptic_index
 from panoptic_train.data.config import DataArgs, SplitArgs
 from panoptic_train.data.io import load_image, load_segment_ids
 from panoptic_train.data.transforms import (
@@ -84,7 +85,7 @@ class _PanopticDataset(Dataset[dict[str, Any]]):
         return position, found
 
 
-def _segment_table(segments: Any, classes: ClassMapping) -> _SegmentTable:
+def _segment_table(segments: Iterable[Segment], classes: ClassMapping) -> _SegmentTable:
     ordered = sorted(segments, key=lambda segment: segment.id)
     class_of = {category_id: index for index, category_id in enumerate(classes.class_ids)}
     return _SegmentTable(

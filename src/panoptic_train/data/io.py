@@ -129,6 +129,6 @@ def find_image_file(directory: Path, file_name: str) -> Path | None:
         parent / f"{stem}{extension}"
         for extension in (*IMAGE_EXTENSIONS, *(e.upper() for e in IMAGE_EXTENSIONS))
     ]
-    # A set: on case-insensitive file systems `x.jpg` and `x.JPG` are the same file.
-    found = {candidate.resolve() for candidate in candidates if candidate.is_file()}
-    return found.pop() if len(found) == 1 else None
+    # Keyed by the resolved path: on case-insensitive file systems `x.jpg` and `x.JPG` are one file.
+    found = {c.resolve(): c for c in candidates if c.is_file()}
+    return next(iter(found.values())) if len(found) == 1 else None

@@ -9,7 +9,6 @@ within a few CPU minutes. Images are lossless PNG by default, so their colours a
 
 from __future__ import annotations
 
-import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,8 @@ import numpy as np
 from PIL import Image
 
 from panoptic_train._io import atomic_write_json
-from panoptic_train.data.io import encode_segment_ids
-
-PathLike = str | os.PathLike[str]
+from panoptic_train.data.io import PathLike, encode_segment_ids
+from panoptic_train.errors import ConfigError
 
 # COCO-style category entries. Ids are deliberately not contiguous (and things come first, as in
 # COCO) so that code relying on "category id == class index" fails on this dataset too.
@@ -62,7 +60,7 @@ def write_dataset(
     Returns the split's `data` entry: {"images", "masks", "annotations"} as strings.
     """
     if image_format not in ("png", "jpg"):
-        raise ValueError(f"image_format must be 'png' or 'jpg', not {image_format!r}.")
+        raise ConfigError(f"image_format must be 'png' or 'jpg', not {image_format!r}.")
     root_path = Path(root)
     images_dir = root_path / "images" / split
     masks_dir = root_path / "annotations" / split
