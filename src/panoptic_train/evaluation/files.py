@@ -6,8 +6,8 @@ missing), predicted areas from the PNGs, and the crowd region a prediction may l
 crowd segment of its category in `segments_info`. Unlike panopticapi, inconsistent input is an
 error that names the file and the id instead of a silently skewed score.
 
-Speed: PNG decoding dominates, so images are scored on a thread pool (libpng, zlib and the torch
-kernels release the GIL) in a single process. Segment ids map to dense indices through a
+Speed: PNG decoding dominates, so images are scored on a thread pool in a single process (PIL's
+decoder and numpy's kernels release the GIL). Segment ids map to dense indices through a
 2^24-entry lookup table per thread, an O(pixels) gather instead of a sort.
 """
 
@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from panoptic_train._io import atomic_write_json
 from panoptic_train.errors import ConfigError, DataError
@@ -37,8 +39,10 @@ PathLike = str | os.PathLike[str]
 # Segment ids are 24-bit (R + 256·G + 256²·B); 0 is void.
 _ID_SPACE = 1 << 24
 # Dense indices are stored as int16 to keep each thread's lookup table at 32 MiB.
-_MAX_SEGMENTS = torch.iinfo(torch.int16).max
-# Threads beyond this gain little (decoding is memory bound) and each costs a lookup table.
+_MAX_SEGMENTS = int(np.iinfo(np.int16).max)
+# PIL modes whose colours are the RGB encoding (a palette maps indices to those colours).
+_MASK_MODES = frozenset({"RGB", "RGBA", "P"})
+# Each thread holds its own 32 MiB lookup table; the cap bounds that memory.
 _MAX_WORKERS = 8
 
 
@@ -263,7 +267,12 @@ def _pairs(
 
 
 class _PairScorer:
-    """Turns one (ground truth, prediction) pair of files into per-class PQ statistics."""
+    """Turns one (ground truth, prediction) pair of files into per-class PQ statistics.
+
+    The per-pixel work is numpy: single-threaded kernels that release the GIL, so the thread
+    pool scales without torch's intra-op threads competing with it. The small per-segment
+    tables then go through the same `image_statistics` as validation.
+    """
 
     def __init__(self, num_classes: int, gt_side: _Side, pred_side: _Side) -> None:
         self.num_classes = num_classes
@@ -273,31 +282,35 @@ class _PairScorer:
 
     def __call__(self, pair: tuple[_Annotation, _Annotation]) -> torch.Tensor:
         gt, pred = pair
-        gt_ids = _decode_segment_ids(gt, self.gt_side)
-        pred_ids = _decode_segment_ids(pred, self.pred_side)
+        gt_ids = _read_segment_ids(gt, self.gt_side)
+        pred_ids = _read_segment_ids(pred, self.pred_side)
         if gt_ids.shape != pred_ids.shape:
             raise DataError(
                 f"Image id {gt.image_id!r}: the ground-truth mask '{gt.png}' is "
                 f"{gt_ids.shape[0]}x{gt_ids.shape[1]} (HxW) but the prediction '{pred.png}' is "
                 f"{pred_ids.shape[0]}x{pred_ids.shape[1]}. Predict at the original image size."
             )
-        gt_index, gt_pixels = self._dense(gt_ids, gt, self.gt_side)
-        pred_index, _ = self._dense(pred_ids, pred, self.pred_side)
+        gt_index = self._dense(gt_ids, gt, self.gt_side)
+        pred_index = self._dense(pred_ids, pred, self.pred_side)
         columns = len(pred.ids) + 1
-        overlaps = torch.bincount(
-            gt_index * columns + pred_index, minlength=(len(gt.ids) + 1) * columns
-        ).view(-1, columns)
+        overlaps = np.bincount(
+            gt_index.astype(np.intp) * columns + pred_index,
+            minlength=(len(gt.ids) + 1) * columns,
+        ).reshape(-1, columns)
+        gt_pixels = overlaps.sum(axis=1)
+        _check_present(gt_pixels, gt, self.gt_side)
+        _check_present(overlaps.sum(axis=0), pred, self.pred_side)
 
         crowd_row = [-1] * self.num_classes
         for row, (class_index, is_crowd) in enumerate(zip(gt.classes, gt.crowd, strict=True), 1):
             if is_crowd:
                 crowd_row[class_index] = row  # the last crowd segment wins, as in panopticapi
-        pixels = gt_pixels.tolist()
-        areas = [pixels[0]] + [
-            pixels[row] if area is None else area for row, area in enumerate(gt.area, 1)
+        areas = [
+            float(pixels) if area is None else area
+            for pixels, area in zip(gt_pixels.tolist(), (None, *gt.area), strict=True)
         ]
         image = SegmentOverlaps(
-            overlaps=overlaps,
+            overlaps=torch.from_numpy(overlaps),
             gt_class=torch.tensor([-1, *gt.classes]),
             gt_crowd=torch.tensor([False, *gt.crowd]),
             gt_area=torch.tensor(areas, dtype=torch.float64),
@@ -306,73 +319,83 @@ class _PairScorer:
         )
         return image_statistics(image, self.num_classes)
 
-    def _dense(
-        self, ids: torch.Tensor, annotation: _Annotation, side: _Side
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each pixel's position in `segments_info` plus one (0 = void), and the pixel counts.
+    def _dense(self, ids: np.ndarray, annotation: _Annotation, side: _Side) -> np.ndarray:
+        """Each pixel's position in `segments_info` plus one (0 = void), flattened.
 
-        Raises DataError if the PNG and `segments_info` do not hold the same segment ids.
+        Raises DataError for segment ids in the PNG that `segments_info` does not list.
         """
         table = self._lookup_table()
-        listed = torch.tensor(annotation.ids, dtype=torch.int64)
-        table[listed] = torch.arange(1, len(annotation.ids) + 1, dtype=torch.int16)
+        listed = np.asarray(annotation.ids, dtype=np.int64)
+        table[listed] = np.arange(1, len(listed) + 1, dtype=np.int16)
         try:
-            dense = table.index_select(0, ids.view(-1))
+            dense = table.take(ids.ravel())
         finally:
             table[listed] = -1
         unknown = dense < 0
-        if bool(unknown.any()):
-            values = torch.unique(ids.view(-1)[unknown])[:10].tolist()
+        if unknown.any():
+            values = np.unique(ids.ravel()[unknown])[:10].tolist()
             raise DataError(
                 f"The {side.role} mask '{annotation.png}' (image id {annotation.image_id!r}) "
                 f"contains segment id(s) {values} that are not in its 'segments_info' in "
                 f"'{side.json_path}'. Add them to the JSON or set their pixels to 0 (void)."
             )
-        dense = dense.long()
-        pixels = torch.bincount(dense, minlength=len(annotation.ids) + 1)
-        absent = (pixels[1:] == 0).nonzero().squeeze(1).tolist()
-        if absent:
-            values = [annotation.ids[position] for position in absent[:10]]
-            raise DataError(
-                f"Segment id(s) {values} of image id {annotation.image_id!r} are listed in "
-                f"'segments_info' of '{side.json_path}' but absent from the {side.role} mask "
-                f"'{annotation.png}'. Remove them from the JSON or fix the PNG."
-            )
-        return dense, pixels
+        return dense
 
-    def _lookup_table(self) -> torch.Tensor:
+    def _lookup_table(self) -> np.ndarray:
         """This thread's segment id -> dense index table: -1 everywhere except 0 (void) -> 0."""
         table = getattr(self._local, "table", None)
         if table is None:
-            table = torch.full((_ID_SPACE,), -1, dtype=torch.int16)
+            table = np.full(_ID_SPACE, -1, dtype=np.int16)
             table[0] = 0
             self._local.table = table
         return table
 
 
-def _decode_segment_ids(annotation: _Annotation, side: _Side) -> torch.Tensor:
-    """(H, W) int32 segment ids of a COCO panoptic PNG (R + 256·G + 256²·B)."""
-    from torchvision.io import ImageReadMode, decode_png, read_file
+def _check_present(pixels: np.ndarray, annotation: _Annotation, side: _Side) -> None:
+    """Raise DataError if a segment listed in `segments_info` has no pixel in the PNG."""
+    absent = np.flatnonzero(pixels[1:] == 0).tolist()
+    if absent:
+        values = [annotation.ids[position] for position in absent[:10]]
+        raise DataError(
+            f"Segment id(s) {values} of image id {annotation.image_id!r} are listed in "
+            f"'segments_info' of '{side.json_path}' but absent from the {side.role} mask "
+            f"'{annotation.png}'. Remove them from the JSON or fix the PNG."
+        )
 
+
+def _read_segment_ids(annotation: _Annotation, side: _Side) -> np.ndarray:
+    """(H, W) int32 segment ids of a COCO panoptic PNG (R + 256·G + 256²·B)."""
     if not annotation.png.is_file():
         raise DataError(
             f"The {side.role} mask '{annotation.png}' of image id {annotation.image_id!r} (named "
             f"in '{side.json_path}') does not exist. Add the PNG or fix 'file_name'."
         )
     try:
-        rgb = decode_png(read_file(str(annotation.png)), mode=ImageReadMode.RGB)
-    except RuntimeError as error:
+        with Image.open(annotation.png) as image:
+            mode = image.mode
+            rgb = (
+                np.asarray(image if mode == "RGB" else image.convert("RGB"))
+                if mode in _MASK_MODES
+                else None
+            )
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(
             f"Cannot decode the {side.role} mask '{annotation.png}' (image id "
-            f"{annotation.image_id!r}): {error}. COCO panoptic masks are 8-bit RGB PNGs."
+            f"{annotation.image_id!r}): {error}. Replace it with a readable RGB PNG."
         ) from error
-    if rgb.dtype != torch.uint8:
+    if rgb is None:
         raise DataError(
-            f"The {side.role} mask '{annotation.png}' (image id {annotation.image_id!r}) has "
-            f"{rgb.dtype} pixels; COCO panoptic masks are 8-bit RGB PNGs."
+            f"The {side.role} mask '{annotation.png}' (image id {annotation.image_id!r}) has PIL "
+            f"mode {mode!r}; COCO panoptic masks are RGB PNGs whose colour encodes the segment "
+            "id (R + 256·G + 256²·B). Re-save it as an RGB PNG."
         )
-    channels = rgb.to(torch.int32)
-    return channels[0] | (channels[1] << 8) | (channels[2] << 16)
+    # In place on one int32 array: the fewest passes over the pixels.
+    ids = rgb[..., 2].astype(np.int32)
+    ids <<= 8
+    ids |= rgb[..., 1]
+    ids <<= 8
+    ids |= rgb[..., 0]
+    return ids
 
 
 def _is_int(value: Any) -> bool:
