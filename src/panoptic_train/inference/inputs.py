@@ -1,24 +1,27 @@
 """The image kinds `predict` and `visualize` accept, turned into one tensor layout.
 
 Files go through `data.io.load_image`, the decoder training and validation use (EXIF orientation,
-any colour mode or bit depth to 8-bit RGB), so a file predicts exactly as it validated.
+any colour mode or bit depth to 8-bit RGB), so a file predicts exactly as it validated. Paths, PIL
+images and numpy arrays are converted without torch (`to_image_array`), which the exported-model
+runners use; torch is imported only for tensors.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import Tensor
 
 from panoptic_train.data.io import load_image
 from panoptic_train.errors import ConfigError
 
-ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray | Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
+
+ImageInput = Union[str, os.PathLike[str], Image.Image, np.ndarray, "Tensor"]
 
 _EXPECTED = (
     "an image path, a PIL image, a numpy (H, W, 3) uint8 array or a torch (3, H, W) tensor "
@@ -37,36 +40,42 @@ def to_image_tensor(image: ImageInput) -> Tensor:
     Float tensors keep their precision (no round trip through uint8); preprocessing converts
     both kinds the same way.
     """
-    if isinstance(image, (str, os.PathLike)):
-        return _from_hwc(load_image(Path(image)))
-    if isinstance(image, Image.Image):
-        return _from_hwc(np.asarray(image.convert("RGB")))
-    if isinstance(image, np.ndarray):
-        return _from_numpy(image)
-    if isinstance(image, Tensor):
+    import torch
+
+    if isinstance(image, torch.Tensor):
         return _from_tensor(image)
+    if isinstance(image, (str, os.PathLike, Image.Image, np.ndarray)):
+        return torch.from_numpy(np.ascontiguousarray(to_image_array(image))).permute(2, 0, 1)
     raise ConfigError(
         f"Cannot predict on an object of type {type(image).__name__}: pass {_EXPECTED}."
     )
 
 
+def to_image_array(image: str | os.PathLike[str] | Image.Image | np.ndarray) -> np.ndarray:
+    """One image as an (H, W, 3) uint8 RGB numpy array; no torch involved."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(Path(image))
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        return _rgb_from_numpy(image)
+    raise ConfigError(
+        f"Cannot predict on an object of type {type(image).__name__}: pass an image path, a PIL "
+        "image or a numpy (H, W, 3) uint8 array."
+    )
+
+
 def to_uint8_image(image: ImageInput) -> Tensor:
     """One image as a (3, H, W) uint8 tensor, for drawing."""
+    import torch
+
     tensor = to_image_tensor(image)
     if tensor.dtype == torch.uint8:
         return tensor
     return tensor.mul(255).round_().to(torch.uint8)
 
 
-def _from_hwc(array: np.ndarray) -> Tensor:
-    # torch cannot share read-only memory (PIL's arrays, users' views): copy those
-    contiguous = np.ascontiguousarray(array)
-    if not contiguous.flags.writeable:
-        contiguous = contiguous.copy()
-    return torch.from_numpy(contiguous).permute(2, 0, 1)
-
-
-def _from_numpy(array: np.ndarray) -> Tensor:
+def _rgb_from_numpy(array: np.ndarray) -> np.ndarray:
     if array.dtype != np.uint8:
         raise ConfigError(
             f"A numpy image must have dtype uint8 (values 0..255), got {array.dtype}. Convert it "
@@ -79,10 +88,12 @@ def _from_numpy(array: np.ndarray) -> Tensor:
             f"A numpy image must be (H, W, 3) RGB (or (H, W) gray, (H, W, 4) RGBA), got shape "
             f"{array.shape}. Channels go last in numpy images."
         )
-    return _from_hwc(array[:, :, :3])
+    return array[:, :, :3]
 
 
 def _from_tensor(tensor: Tensor) -> Tensor:
+    import torch
+
     if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
         raise ConfigError(
             f"A torch image must be (3, H, W) (or (1, H, W) gray), channels first, got shape "
