@@ -45,7 +45,10 @@ def to_image_tensor(image: ImageInput) -> Tensor:
     if isinstance(image, torch.Tensor):
         return _from_tensor(image)
     if isinstance(image, (str, os.PathLike, Image.Image, np.ndarray)):
-        return torch.from_numpy(np.ascontiguousarray(to_image_array(image))).permute(2, 0, 1)
+        array = np.ascontiguousarray(to_image_array(image))
+        if not array.flags.writeable:  # torch cannot share read-only memory (PIL's arrays)
+            array = array.copy()
+        return torch.from_numpy(array).permute(2, 0, 1)
     raise ConfigError(
         f"Cannot predict on an object of type {type(image).__name__}: pass {_EXPECTED}."
     )
