@@ -9,10 +9,13 @@ key and the accepted keys; nothing is silently ignored.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from panoptic_train.data.config import DataArgs
+from panoptic_train.data.transforms import TransformArgs
 from panoptic_train.errors import ConfigError
 
 Auto = Literal["auto"]
@@ -28,6 +31,9 @@ ConfigT = TypeVar("ConfigT", bound=StrictConfig)
 
 
 def _location(argument: str, loc: tuple[int | str, ...]) -> str:
+    """`model_args['lr']`; at the top level (argument "") the first key stands bare: `steps`."""
+    if not argument and loc:
+        argument, loc = str(loc[0]), loc[1:]
     return argument + "".join(f"[{part!r}]" for part in loc)
 
 
@@ -59,7 +65,8 @@ def parse_config(cls: type[ConfigT], value: Mapping[str, Any] | None, argument: 
                 problems.append(f"unknown key {where} (valid keys: {sorted(parent.model_fields)})")
             else:
                 problems.append(f"{where}={item.get('input')!r}: {item['msg']}")
-        raise ConfigError(f"Invalid {argument}: " + "; ".join(problems) + ".") from None
+        what = argument or "arguments"
+        raise ConfigError(f"Invalid {what}: " + "; ".join(problems) + ".") from None
 
 
 def _config_class(annotation: Any) -> type[StrictConfig] | None:
@@ -216,3 +223,49 @@ class TorchCompileArgs(StrictConfig):
     )
     fullgraph: bool = False
     dynamic: bool | None = None
+
+
+Precision = Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true"]
+
+
+class TrainConfig(StrictConfig):
+    """All arguments of `train_panoptic_segmentation`, validated. Values that depend on the
+    hardware ("auto" workers, accumulation, devices) are resolved by the loop (`loop.RunPlan`)."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, arbitrary_types_allowed=True
+    )
+
+    out: Path
+    data: DataArgs
+    model: str
+    checkpoint: Path | None = None
+    steps: int = Field(90_000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    gradient_accumulation_steps: int | Auto = "auto"
+    num_workers: int | Auto = "auto"
+    devices: int | str | list[int] = "auto"
+    num_nodes: int = Field(1, ge=1)
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    strategy: str = "auto"
+    precision: Precision = "bf16-mixed"
+    float32_matmul_precision: Literal["auto", "highest", "high", "medium"] = "auto"
+    seed: int = Field(0, ge=0)
+    resume_interrupted: bool = False
+    overwrite: bool = False
+    logger_args: LoggerArgs = Field(default_factory=LoggerArgs)
+    model_args: ModelArgs = Field(default_factory=ModelArgs)
+    transform_args: TransformArgs = Field(default_factory=TransformArgs)
+    metric_args: MetricArgs = Field(default_factory=MetricArgs)
+    loader_args: LoaderArgs = Field(default_factory=LoaderArgs)
+    save_checkpoint_args: SaveCheckpointArgs = Field(default_factory=SaveCheckpointArgs)
+    torch_compile_args: TorchCompileArgs = Field(default_factory=TorchCompileArgs)
+
+    @model_validator(mode="after")
+    def _positive_counts(self) -> TrainConfig:
+        accumulation = self.gradient_accumulation_steps
+        if accumulation != "auto" and accumulation < 1:
+            raise ValueError(f"gradient_accumulation_steps must be at least 1, got {accumulation}")
+        if self.num_workers != "auto" and self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        return self

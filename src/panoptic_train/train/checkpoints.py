@@ -1,0 +1,233 @@
+"""The files a training run writes and reads back: `checkpoints/last.ckpt`, the exported models,
+the resolved config.
+
+`last.ckpt` holds everything an exact resume needs, as plain values and tensors, so it loads with
+`torch.load(weights_only=True)` (nothing in it can run code):
+
+    checkpoint_format        "panoptic_train.train_checkpoint"
+    checkpoint_version       1 (not "format": that key marks exported-model dicts, so
+                             `inference.model_file.read_model_dict` finds the model under `model`)
+    model                    the exported-model dict (`inference.model_file`), so `load_model`
+                             and fine-tuning read a .ckpt like an exported_*.pt
+    optimizer                the optimiser state keyed by parameter name (full, unsharded)
+    step, samples_seen       optimiser steps done and training positions consumed
+    best_metric, best_step   the best validation value so far and its step (None before any)
+    rng                      per-rank torch CPU (and CUDA) generator states, as uint8 tensors
+    arguments                the training arguments of the run, to refuse a changed resume
+
+Every file is written atomically (temporary file + rename), so a crash at any moment leaves the
+previous complete file in place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from panoptic_train._io import atomic_torch_save
+from panoptic_train.errors import ConfigError, WeightsError
+from panoptic_train.inference.model_file import CHECKPOINT_MODEL_KEY
+
+FORMAT = "panoptic_train.train_checkpoint"
+FORMAT_VERSION = 1
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+_LOAD_FULL = StateDictOptions(full_state_dict=True)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run in `out` keeps its files."""
+
+    out: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / "checkpoints" / "last.ckpt"
+
+    @property
+    def exported_best(self) -> Path:
+        return self.out / "exported_models" / "exported_best.pt"
+
+    @property
+    def exported_last(self) -> Path:
+        return self.out / "exported_models" / "exported_last.pt"
+
+    @property
+    def config(self) -> Path:
+        return self.out / "config.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.out / "logs"
+
+    @property
+    def log_file(self) -> Path:
+        return self.out / "train.log"
+
+    def owned(self) -> list[Path]:
+        """Everything a run writes directly under `out` (what `overwrite=True` removes)."""
+        return [
+            self.checkpoint.parent,
+            self.exported_best.parent,
+            self.logs,
+            self.config,
+            self.log_file,
+        ]
+
+
+@dataclass
+class TrainState:
+    """Progress of a run besides the weights and the optimiser."""
+
+    step: int = 0
+    samples_seen: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+
+    def improves(self, value: float) -> bool:
+        """Whether a validation value beats the best so far (higher is better)."""
+        return math.isfinite(value) and (self.best_metric is None or value > self.best_metric)
+
+
+def network_state(root: nn.Module) -> dict[str, Tensor]:
+    """The full (unsharded) state dict on the CPU of a module as the strategy wrapped it."""
+    return get_model_state_dict(root, options=_FULL)
+
+
+def optimizer_state(root: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The full optimiser state keyed by parameter name (independent of wrapping and sharding)."""
+    return get_optimizer_state_dict(root, optimizer, options=_FULL)
+
+
+def load_training_state(
+    root: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    network: Mapping[str, Tensor],
+    optimizer_dict: Mapping[str, Any],
+) -> None:
+    """Put saved network and optimiser states back into the wrapped module and its optimiser."""
+    set_model_state_dict(root, dict(network), options=_LOAD_FULL)
+    set_optimizer_state_dict(root, optimizer, dict(optimizer_dict), options=_LOAD_FULL)
+
+
+def rng_states(all_gather: Any, world_size: int, device: torch.device) -> dict[str, Tensor | None]:
+    """Every rank's torch generator states as (world_size, N) uint8 tensors (collective call).
+
+    `all_gather` is `fabric.all_gather`; a single process gets its own state with a leading 1.
+    """
+
+    def gather(state: Tensor) -> Tensor:
+        if world_size == 1:
+            return state[None].clone()
+        return all_gather(state.to(device)).cpu()
+
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {
+        "torch": gather(torch.get_rng_state()),
+        "cuda": gather(cuda) if cuda is not None else None,
+    }
+
+
+def restore_rng_states(rng: Mapping[str, Tensor | None], rank: int, device: torch.device) -> None:
+    """Restore this rank's generators from `rng_states`' result."""
+    torch.set_rng_state(rng["torch"][rank].clone())
+    cuda = rng.get("cuda")
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda[rank].clone(), device)
+
+
+def save_checkpoint(
+    path: Path,
+    *,
+    model: Mapping[str, Any],
+    optimizer: Mapping[str, Any],
+    state: TrainState,
+    rng: Mapping[str, Tensor | None],
+    arguments: Mapping[str, Any],
+) -> None:
+    """Write `last.ckpt` atomically (see the module docstring for its layout)."""
+    atomic_torch_save(
+        {
+            "checkpoint_format": FORMAT,
+            "checkpoint_version": FORMAT_VERSION,
+            CHECKPOINT_MODEL_KEY: dict(model),
+            "optimizer": dict(optimizer),
+            "step": state.step,
+            "samples_seen": state.samples_seen,
+            "best_metric": state.best_metric,
+            "best_step": state.best_step,
+            "rng": dict(rng),
+            "arguments": dict(arguments),
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read `last.ckpt` safely and check that it is a training checkpoint of ours."""
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load fails with many types on foreign or damaged files
+        raise WeightsError(
+            f"Cannot read the training checkpoint '{path}' ({type(error).__name__}: {error}). "
+            "It is damaged or not from panoptic_train; start a new run with overwrite=True."
+        ) from error
+    if not isinstance(content, Mapping) or content.get("checkpoint_format") != FORMAT:
+        raise WeightsError(f"'{path}' is not a panoptic_train training checkpoint.")
+    if content.get("checkpoint_version") != FORMAT_VERSION:
+        raise WeightsError(
+            f"'{path}' has checkpoint version {content.get('checkpoint_version')!r}; this "
+            f"panoptic_train resumes version {FORMAT_VERSION}. Resume with the version that wrote "
+            "it."
+        )
+    return dict(content)
+
+
+def train_state_of(checkpoint: Mapping[str, Any]) -> TrainState:
+    return TrainState(
+        step=int(checkpoint["step"]),
+        samples_seen=int(checkpoint["samples_seen"]),
+        best_metric=checkpoint["best_metric"],
+        best_step=checkpoint["best_step"],
+    )
+
+
+def argument_differences(saved: Any, current: Any, name: str = "") -> list[str]:
+    """Human-readable differences between two nested argument dicts, e.g.
+    "model_args.lr: 0.0002 (interrupted run) -> 0.001 (now)"."""
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        differences = []
+        for key in sorted(set(saved) | set(current), key=str):
+            child = f"{name}.{key}" if name else str(key)
+            differences += argument_differences(saved.get(key), current.get(key), child)
+        return differences
+    if saved != current:
+        return [f"{name}: {saved!r} (interrupted run) -> {current!r} (now)"]
+    return []
+
+
+def check_resume_arguments(saved: Mapping[str, Any], current: Mapping[str, Any], out: Path) -> None:
+    """Refuse to resume with training arguments other than the interrupted run's."""
+    differences = argument_differences(saved, current)
+    if differences:
+        raise ConfigError(
+            f"resume_interrupted=True continues the run in '{out}' exactly, but these training "
+            "arguments differ from that run:\n  "
+            + "\n  ".join(differences)
+            + "\nResume with the original arguments, or start a new run (another `out`, or "
+            "overwrite=True) that may start from its weights with "
+            f"model='{out / 'checkpoints' / 'last.ckpt'}'."
+        )
