@@ -134,11 +134,11 @@ def test_url_download_checks_the_hash_in_the_file_name(
 
     with pytest.raises(WeightsError, match="does not match the 00000000"):
         weights.load_weights(tiny_eomt(), f"{base_url}/{bad}")
-    assert not (cache / bad).exists() and list(cache.glob("*.tmp")) == []
+    assert list(cache.glob(f"*{bad}")) == [] and list(cache.glob("*.tmp")) == []
 
     model = tiny_eomt()
     assert weights.load_weights(model, f"{base_url}/{good}") == "meta"
-    assert (cache / good).is_file()
+    assert len(list(cache.glob(f"*--{good}"))) == 1
     assert torch.equal(model.backbone.norm.weight, pretrained.norm.weight)
 
 
@@ -151,7 +151,7 @@ def test_unreachable_download_names_the_file_and_the_way_around(cache: Path, tin
         weights.load_weights(tiny_eomt(), url)
     message = str(error.value)
     assert url in message and "download failed" in message
-    assert str(cache / "dinov3_vits16_pretrain_lvd1689m-08c60483.pth") in message
+    assert str(cache) in message and "dinov3_vits16_pretrain_lvd1689m-08c60483.pth" in message
     assert weights.CACHE_ENV in message
 
 

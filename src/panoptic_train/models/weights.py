@@ -195,7 +195,10 @@ def resolve_path(location: str | os.PathLike[str]) -> Path:
     """A local file for a path or an http(s) URL (downloaded into the cache once)."""
     text = os.fspath(location)
     if text.startswith(("http://", "https://")):
-        target = cache_dir() / Path(urllib.request.url2pathname(text.split("?")[0])).name
+        # Hub files share names (model.safetensors); a digest of the URL keeps them apart.
+        name = Path(urllib.request.url2pathname(text.split("?")[0])).name
+        tag = hashlib.sha256(text.encode()).hexdigest()[:10]
+        target = cache_dir() / f"{tag}--{name}"
         return target if target.is_file() else _download(text, target)
     path = Path(text).expanduser()
     if not path.is_file():
