@@ -10,11 +10,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from panoptic_train.errors import DataError
+from panoptic_train.errors import ConfigError, DataError
+from panoptic_train.evaluation import files as files_module
 from panoptic_train.evaluation.files import evaluate_panoptic
 
 IS_THING = (True, True, False, True, False)
+
+
+@pytest.fixture(params=["builtin", "hotcoco"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every behaviour holds for both backends (the compiled one is optional)."""
+    return request.param
 
 
 def panopticapi_results(
@@ -62,12 +70,16 @@ def perturb_json_areas(json_path: Path, rng: np.random.Generator) -> None:
     json_path.write_text(json.dumps(content))
 
 
-def test_identical_to_panopticapi_on_random_predictions(coco) -> None:
+def test_identical_to_panopticapi_on_random_predictions(
+    coco, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     scenes = coco.scenes(40, len(IS_THING), seed=10)
     files = coco.write_scenes(scenes, coco.categories(IS_THING))
     perturb_json_areas(files.gt_json, np.random.default_rng(0))
+    if backend == "hotcoco":  # prove the numbers are hotcoco's, not the builtin fallback's
+        monkeypatch.setattr(files_module, "_builtin_statistics", None)
 
-    ours = evaluate_panoptic(*files.args(), num_workers=2)
+    ours = evaluate_panoptic(*files.args(), num_workers=2, backend=backend)
     reference = panopticapi_results(*files.args())
 
     assert reference["All"]["n"] == len(IS_THING)
@@ -75,17 +87,7 @@ def test_identical_to_panopticapi_on_random_predictions(coco) -> None:
     assert_same_results(ours, reference)
 
 
-def test_identical_to_hotcoco(coco) -> None:
-    from hotcoco.panoptic import pq_compute
-
-    files = coco.write_scenes(coco.scenes(25, len(IS_THING), seed=11), coco.categories(IS_THING))
-    perturb_json_areas(files.gt_json, np.random.default_rng(1))
-    with contextlib.redirect_stdout(io.StringIO()):
-        reference = pq_compute(files.gt_json, files.pred_json, files.gt_masks, files.pred_masks)
-    assert_same_results(evaluate_panoptic(*files.args()), reference)
-
-
-def test_ground_truth_areas_come_from_the_json_as_in_panopticapi(coco) -> None:
+def test_ground_truth_areas_come_from_the_json_as_in_panopticapi(coco, backend: str) -> None:
     categories = coco.categories((True,))
     gt = np.zeros((4, 8, 2), dtype=np.int64)
     gt[..., 1] = 7
@@ -99,11 +101,13 @@ def test_ground_truth_areas_come_from_the_json_as_in_panopticapi(coco) -> None:
     gt_json, gt_masks = coco.write_side("gt", [(1, gt_rgb, gt_segments)], categories)
     pred_json, pred_masks = coco.write_side("pred", [(1, pred_rgb, pred_segments)], categories)
 
-    result = evaluate_panoptic(gt_json, gt_masks, pred_json, pred_masks)
+    result = evaluate_panoptic(gt_json, gt_masks, pred_json, pred_masks, backend=backend)
     assert result["per_class"][3]["sq"] == pytest.approx(1.0)
 
 
-def test_only_the_last_crowd_segment_of_a_category_forgives_as_in_panopticapi(coco) -> None:
+def test_only_the_last_crowd_segment_of_a_category_forgives_as_in_panopticapi(
+    coco, backend: str
+) -> None:
     categories = coco.categories((True, False))
     gt = np.full((4, 10, 2), -1, dtype=np.int64)
     gt[:, :4] = (0, 100)
@@ -119,7 +123,7 @@ def test_only_the_last_crowd_segment_of_a_category_forgives_as_in_panopticapi(co
     pred_rgb, pred_segments = coco.segment_pngs(pred, None, [3, 5])
     gt_json, gt_masks = coco.write_side("gt", [(1, gt_rgb, gt_segments)], categories)
     pred_json, pred_masks = coco.write_side("pred", [(1, pred_rgb, pred_segments)], categories)
-    ours = evaluate_panoptic(gt_json, gt_masks, pred_json, pred_masks)
+    ours = evaluate_panoptic(gt_json, gt_masks, pred_json, pred_masks, backend=backend)
     assert ours["per_class"][3]["fp"] == 1
     assert ours["All"]["n"] == 2
     assert_same_results(ours, panopticapi_results(gt_json, gt_masks, pred_json, pred_masks))
@@ -136,9 +140,32 @@ def test_writes_the_results_as_json(coco, tmp_path: Path) -> None:
 
 def test_thread_count_does_not_change_the_result(coco) -> None:
     files = coco.write_scenes(coco.scenes(12, len(IS_THING), seed=13), coco.categories(IS_THING))
-    one = evaluate_panoptic(*files.args(), num_workers=1)
-    three = evaluate_panoptic(*files.args(), num_workers=3)
+    one = evaluate_panoptic(*files.args(), num_workers=1, backend="builtin")
+    three = evaluate_panoptic(*files.args(), num_workers=3, backend="builtin")
     assert one == three
+
+
+def test_missing_ground_truth_area_falls_back_to_the_pixel_count(coco, backend: str) -> None:
+    files = coco.write_scenes(coco.scenes(6, len(IS_THING), seed=15), coco.categories(IS_THING))
+    expected = evaluate_panoptic(*files.args(), backend="builtin")
+
+    def drop_areas(content: dict[str, Any]) -> None:
+        for entry in content["annotations"]:
+            for segment in entry["segments_info"][::2]:
+                del segment["area"]
+
+    edit_json(files.gt_json, drop_areas)
+    assert_same_results(evaluate_panoptic(*files.args(), backend=backend), expected)
+
+
+def test_palette_and_rgba_masks_read_as_their_colours(coco) -> None:
+    files = coco.write_scenes(coco.scenes(4, len(IS_THING), seed=16), coco.categories(IS_THING))
+    expected = evaluate_panoptic(*files.args(), backend="builtin")
+    for position, png in enumerate(sorted(files.pred_masks.iterdir())):
+        rgb = Image.open(png).convert("RGB")
+        rgb.convert("RGBA").save(png) if position % 2 else rgb.quantize(256).save(png)
+    assert Image.open(png).mode in ("RGBA", "P")
+    assert evaluate_panoptic(*files.args(), backend="builtin") == expected
 
 
 # --- bad input --------------------------------------------------------------------------------
@@ -155,29 +182,29 @@ def edit_json(path: Path, edit) -> None:
     path.write_text(json.dumps(content))
 
 
-def test_missing_prediction_png_names_the_file_and_image(small_files) -> None:
+def test_missing_prediction_png_names_the_file_and_image(small_files, backend: str) -> None:
     (small_files.pred_masks / "000000000002.png").unlink()
     with pytest.raises(DataError, match=r"000000000002\.png' of image id 2 .*does not exist"):
-        evaluate_panoptic(*small_files.args())
+        evaluate_panoptic(*small_files.args(), backend=backend)
 
 
-def test_image_only_in_the_ground_truth(small_files) -> None:
+def test_image_only_in_the_ground_truth(small_files, backend: str) -> None:
     edit_json(small_files.pred_json, lambda c: c["annotations"].pop(1))
     with pytest.raises(DataError, match=r"ground-truth JSON .* image id 2 \(file '000000000002"):
-        evaluate_panoptic(*small_files.args())
+        evaluate_panoptic(*small_files.args(), backend=backend)
 
 
-def test_image_only_in_the_predictions(small_files) -> None:
+def test_image_only_in_the_predictions(small_files, backend: str) -> None:
     def add_image(content: dict[str, Any]) -> None:
         extra = dict(content["annotations"][0], image_id=99, file_name="extra.png")
         content["annotations"].append(extra)
 
     edit_json(small_files.pred_json, add_image)
     with pytest.raises(DataError, match=r"prediction JSON .* image id 99 \(file 'extra\.png'\)"):
-        evaluate_panoptic(*small_files.args())
+        evaluate_panoptic(*small_files.args(), backend=backend)
 
 
-def test_png_segment_missing_from_segments_info(small_files) -> None:
+def test_png_segment_missing_from_segments_info(small_files, backend: str) -> None:
     removed = {}
 
     def drop_segment(content: dict[str, Any]) -> None:
@@ -185,28 +212,40 @@ def test_png_segment_missing_from_segments_info(small_files) -> None:
 
     edit_json(small_files.pred_json, drop_segment)
     with pytest.raises(DataError) as error:
-        evaluate_panoptic(*small_files.args())
+        evaluate_panoptic(*small_files.args(), backend=backend)
     message = str(error.value)
-    assert "000000000001.png" in message and "image id 1" in message
+    assert "prediction mask" in message and "000000000001.png" in message
+    assert "image id 1" in message
     assert f"[{removed['id']}]" in message and "not in its 'segments_info'" in message
 
 
-def test_segments_info_entry_missing_from_the_png(small_files) -> None:
+def test_segments_info_entry_missing_from_the_png(small_files, backend: str) -> None:
     def add_segment(content: dict[str, Any]) -> None:
         content["annotations"][2]["segments_info"].append({"id": 4242, "category_id": 3})
 
+    edit_json(small_files.pred_json, add_segment)
+    with pytest.raises(DataError, match=r"\[4242\] of image id 3 .* absent from the prediction"):
+        evaluate_panoptic(*small_files.args(), backend=backend)
+
+
+def test_builtin_backend_also_checks_the_ground_truth_pngs(small_files) -> None:
+    def add_segment(content: dict[str, Any]) -> None:
+        content["annotations"][1]["segments_info"].append(
+            {"id": 4242, "category_id": 3, "iscrowd": 0, "area": 10}
+        )
+
     edit_json(small_files.gt_json, add_segment)
-    with pytest.raises(DataError, match=r"\[4242\] of image id 3 .* absent from the ground-truth"):
-        evaluate_panoptic(*small_files.args())
+    with pytest.raises(DataError, match=r"\[4242\] of image id 2 .* absent from the ground-truth"):
+        evaluate_panoptic(*small_files.args(), backend="builtin")
 
 
-def test_unknown_category(small_files) -> None:
+def test_unknown_category(small_files, backend: str) -> None:
     def relabel(content: dict[str, Any]) -> None:
         content["annotations"][0]["segments_info"][0]["category_id"] = 999
 
     edit_json(small_files.pred_json, relabel)
     with pytest.raises(DataError, match=r"image id 1, file '000000000001\.png'.*category_id 999"):
-        evaluate_panoptic(*small_files.args())
+        evaluate_panoptic(*small_files.args(), backend=backend)
 
 
 def test_missing_json(small_files, tmp_path: Path) -> None:
@@ -217,3 +256,8 @@ def test_missing_json(small_files, tmp_path: Path) -> None:
             tmp_path / "nothing.json",
             small_files.pred_masks,
         )
+
+
+def test_unknown_backend_is_a_config_error(small_files) -> None:
+    with pytest.raises(ConfigError, match=r"backend must be one of .*got 'fast'"):
+        evaluate_panoptic(*small_files.args(), backend="fast")

@@ -23,7 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-workers",
         type=int,
         default=None,
-        help="threads decoding and scoring images (default: one per CPU core, at most 8)",
+        help="threads of the builtin backend (default: one per CPU core, at most 8)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "hotcoco", "builtin"),
+        default="auto",
+        help="who decodes and scores the PNGs: the compiled hotcoco package when installed "
+        "(auto, default), or this package (builtin); the numbers are identical",
     )
 
 
@@ -39,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         args.pred_masks,
         out=args.out,
         num_workers=args.num_workers,
+        backend=args.backend,
     )
     print(format_report(results))
     print(f"\nScored in {time.perf_counter() - start:.2f} s.")

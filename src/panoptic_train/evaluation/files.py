@@ -6,13 +6,18 @@ missing), predicted areas from the PNGs, and the crowd region a prediction may l
 crowd segment of its category in `segments_info`. Unlike panopticapi, inconsistent input is an
 error that names the file and the id instead of a silently skewed score.
 
-Speed: PNG decoding dominates, so images are scored on a thread pool in a single process (PIL's
-decoder and numpy's kernels release the GIL). Segment ids map to dense indices through a
-2^24-entry lookup table per thread, an O(pixels) gather instead of a sort.
+Two backends give the same numbers. "builtin" decodes with PIL and scores on a thread pool in
+this process (PIL's decoder and numpy's kernels release the GIL); segment ids map to dense
+indices through a 2^24-entry lookup table per thread, an O(pixels) gather instead of a sort.
+PNG decoding (zlib) bounds it at a few ms per image, so the optional compiled "hotcoco" backend,
+whose decoder is several times faster, does the pixel work when installed. The JSON checks are
+ours in both cases, and where hotcoco rejects the pixels, the builtin scorer runs to name the
+file and id of the problem.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import threading
@@ -27,7 +32,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from panoptic_train._io import atomic_write_json
-from panoptic_train.errors import ConfigError, DataError
+from panoptic_train.errors import ConfigError, DataError, require
 from panoptic_train.evaluation.pq import (
     PanopticQualityAccumulator,
     SegmentOverlaps,
@@ -36,6 +41,8 @@ from panoptic_train.evaluation.pq import (
 
 PathLike = str | os.PathLike[str]
 
+# "auto": hotcoco when installed, else "builtin".
+BACKENDS = ("auto", "hotcoco", "builtin")
 # Segment ids are 24-bit (R + 256·G + 256²·B); 0 is void.
 _ID_SPACE = 1 << 24
 # Dense indices are stored as int16 to keep each thread's lookup table at 32 MiB.
@@ -75,6 +82,7 @@ def evaluate_panoptic(
     *,
     out: PathLike | None = None,
     num_workers: int | None = None,
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """PQ, SQ and RQ of COCO-panoptic predictions, in panopticapi's result layout.
 
@@ -83,11 +91,18 @@ def evaluate_panoptic(
     the ground truth needs a prediction and vice versa. Raises DataError naming the file and id
     for missing PNGs, unmatched image ids, segment ids absent from `segments_info` (or listed
     there but absent from the PNG) and unknown categories.
+
+    `backend`: "builtin" decodes and scores the PNGs here on `num_workers` threads (default one
+    per core, at most 8); "hotcoco" hands the pixel work to the hotcoco package (compiled, its
+    own threads, several times faster; identical numbers); "auto" uses hotcoco when installed.
+    Like panopticapi, hotcoco does not check the ground-truth PNGs against their JSON.
     """
     if num_workers is not None and num_workers < 1:
         raise ConfigError(
             f"num_workers must be at least 1 (or None for one per core); got {num_workers}."
         )
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {list(BACKENDS)}; got {backend!r}.")
     gt_side = _Side("ground-truth", Path(gt_json), Path(gt_masks))
     pred_side = _Side("prediction", Path(pred_json), Path(pred_masks))
     gt_content = _read_json(gt_side)
@@ -97,6 +112,9 @@ def evaluate_panoptic(
     gt = _annotations(gt_content, gt_side, class_of)
     pred = _annotations(pred_content, pred_side, class_of)
     pairs = _pairs(gt, pred, gt_side, pred_side)
+    for gt_annotation, pred_annotation in pairs:
+        _check_png_exists(gt_annotation, gt_side)
+        _check_png_exists(pred_annotation, pred_side)
 
     accumulator = PanopticQualityAccumulator(
         num_classes=len(categories),
@@ -104,20 +122,74 @@ def evaluate_panoptic(
         class_ids=[category["id"] for category in categories],
         class_names=[str(category.get("name", category["id"])) for category in categories],
     )
-    scorer = _PairScorer(len(categories), gt_side, pred_side)
+    stats = None
+    if _hotcoco_wanted(backend):
+        stats = _hotcoco_statistics(gt_side, pred_side, accumulator.class_ids)
+    if stats is None:
+        stats = _builtin_statistics(pairs, len(categories), gt_side, pred_side, num_workers)
+    accumulator.add_statistics(stats)
+    results = accumulator.compute()
+    if out is not None:
+        atomic_write_json(results, out)
+    return results
+
+
+def _builtin_statistics(
+    pairs: list[tuple[_Annotation, _Annotation]],
+    num_classes: int,
+    gt_side: _Side,
+    pred_side: _Side,
+    num_workers: int | None,
+) -> torch.Tensor:
+    """Per-class statistics of all pairs, scored on a thread pool."""
+    scorer = _PairScorer(num_classes, gt_side, pred_side)
+    total = torch.zeros(4, num_classes, dtype=torch.float64)
     workers = max(1, min(num_workers or os.cpu_count() or 1, _MAX_WORKERS, len(pairs)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pq") as pool:
         try:
             # map keeps the image order, so the float sums do not depend on thread timing.
             for stats in pool.map(scorer, pairs):
-                accumulator.add_statistics(stats)
+                total += stats
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
-    results = accumulator.compute()
-    if out is not None:
-        atomic_write_json(results, out)
-    return results
+    return total
+
+
+def _hotcoco_wanted(backend: str) -> bool:
+    if backend == "builtin":
+        return False
+    if backend == "hotcoco":
+        require("hotcoco", "fast-eval", "backend='hotcoco'")
+        return True
+    return importlib.util.find_spec("hotcoco") is not None
+
+
+def _hotcoco_statistics(
+    gt_side: _Side, pred_side: _Side, class_ids: list[int]
+) -> torch.Tensor | None:
+    """Per-class statistics from hotcoco, or None where it rejects the input: the builtin scorer
+    then names the file and id of the problem in its error."""
+    from hotcoco.panoptic import PanopticEval
+
+    evaluation = PanopticEval(
+        str(gt_side.json_path),
+        str(pred_side.json_path),
+        gt_folder=str(gt_side.masks),
+        pred_folder=str(pred_side.masks),
+    )
+    try:
+        evaluation.evaluate()
+    except (ValueError, OSError):
+        return None
+    per_class = evaluation.results()["per_class"]
+    stats = torch.zeros(4, len(class_ids), dtype=torch.float64)
+    for index, class_id in enumerate(class_ids):
+        entry = per_class.get(class_id, {})
+        stats[:, index] = torch.tensor(
+            [entry.get(key, 0) for key in ("tp", "fp", "fn", "iou")], dtype=torch.float64
+        )
+    return stats
 
 
 def _read_json(side: _Side) -> dict[str, Any]:
@@ -363,18 +435,24 @@ def _check_present(pixels: np.ndarray, annotation: _Annotation, side: _Side) -> 
         )
 
 
-def _read_segment_ids(annotation: _Annotation, side: _Side) -> np.ndarray:
-    """(H, W) int32 segment ids of a COCO panoptic PNG (R + 256·G + 256²·B)."""
+def _check_png_exists(annotation: _Annotation, side: _Side) -> None:
     if not annotation.png.is_file():
         raise DataError(
             f"The {side.role} mask '{annotation.png}' of image id {annotation.image_id!r} (named "
             f"in '{side.json_path}') does not exist. Add the PNG or fix 'file_name'."
         )
+
+
+def _read_segment_ids(annotation: _Annotation, side: _Side) -> np.ndarray:
+    """(H, W) uint32 segment ids of a COCO panoptic PNG (R + 256·G + 256²·B)."""
     try:
         with Image.open(annotation.png) as image:
             mode = image.mode
-            rgb = (
-                np.asarray(image if mode == "RGB" else image.convert("RGB"))
+            width, height = image.size
+            # PIL keeps RGB pixels as 4 bytes; packing them as RGBX and reading little-endian
+            # uint32 gives R + 256·G + 256²·B + 256³·X in one copy, without per-channel passes.
+            packed = (
+                (image if mode == "RGB" else image.convert("RGB")).tobytes("raw", "RGBX")
                 if mode in _MASK_MODES
                 else None
             )
@@ -383,19 +461,13 @@ def _read_segment_ids(annotation: _Annotation, side: _Side) -> np.ndarray:
             f"Cannot decode the {side.role} mask '{annotation.png}' (image id "
             f"{annotation.image_id!r}): {error}. Replace it with a readable RGB PNG."
         ) from error
-    if rgb is None:
+    if packed is None:
         raise DataError(
             f"The {side.role} mask '{annotation.png}' (image id {annotation.image_id!r}) has PIL "
             f"mode {mode!r}; COCO panoptic masks are RGB PNGs whose colour encodes the segment "
             "id (R + 256·G + 256²·B). Re-save it as an RGB PNG."
         )
-    # In place on one int32 array: the fewest passes over the pixels.
-    ids = rgb[..., 2].astype(np.int32)
-    ids <<= 8
-    ids |= rgb[..., 1]
-    ids <<= 8
-    ids |= rgb[..., 0]
-    return ids
+    return np.frombuffer(packed, dtype="<u4").reshape(height, width) & 0xFFFFFF
 
 
 def _is_int(value: Any) -> bool:
