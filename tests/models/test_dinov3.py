@@ -145,7 +145,9 @@ def test_meta_rope_periods_are_taken_from_the_file(tmp_path: Path, tiny_archs, p
     assert torch.equal(model.backbone.rope_embed.periods, stored.float())
 
 
-def test_timm_weights_give_identical_features(tmp_path: Path, perturb) -> None:
+def test_timm_weights_give_identical_features(
+    tmp_path: Path, perturb, monkeypatch: pytest.MonkeyPatch
+) -> None:
     timm = pytest.importorskip("timm")
     from panoptic_train.models.dinov3 import DINOV3_ARCHS, DinoV3Arch
 
@@ -155,15 +157,13 @@ def test_timm_weights_give_identical_features(tmp_path: Path, perturb) -> None:
         state = peer.state_dict()
         swiglu = "blocks.0.mlp.fc1_g.weight" in state
         hidden = state["blocks.0.mlp.fc1_g.weight" if swiglu else "blocks.0.mlp.fc1.weight"]
-        DINOV3_ARCHS["test-timm"] = DinoV3Arch(64, 2, 4, hidden.shape[0], swiglu=swiglu)
-        try:
-            backbone = DinoV3ViT("test-timm").eval()
-            assert weights.load_backbone_state(backbone, state, name) == "timm"
-            x = images()
-            with torch.no_grad():
-                torch.testing.assert_close(backbone(x), peer.forward_features(x), rtol=0, atol=1e-5)
-        finally:
-            del DINOV3_ARCHS["test-timm"]
+        arch = DinoV3Arch(64, 2, 4, hidden.shape[0], swiglu=swiglu)
+        monkeypatch.setitem(DINOV3_ARCHS, "test-timm", arch)
+        backbone = DinoV3ViT("test-timm").eval()
+        assert weights.load_backbone_state(backbone, state, name) == "timm"
+        x = images()
+        with torch.no_grad():
+            torch.testing.assert_close(backbone(x), peer.forward_features(x), rtol=0, atol=1e-5)
 
 
 def test_rope_angles_follow_patch_centre_formula(tiny_archs) -> None:

@@ -331,13 +331,15 @@ def _put_qkv(
 
 
 def _put_qkv_bias(out: StateDict, index: int, q: Tensor | None, v: Tensor | None) -> None:
-    """Fused bias [q, 0, v]; a missing piece is zero (the layouts drop all-zero biases)."""
-    reference = q if q is not None else v
-    assert reference is not None
-    zeros = torch.zeros_like(reference)
-    q = zeros if q is None else q
-    v = zeros if v is None else v
-    out[f"blocks.{index}.attn.qkv.bias"] = torch.cat((q, zeros, v))
+    """Fused bias [q, 0, v]; a missing piece is zero (the layouts drop all-zero biases).
+
+    A key bias, where a file has one, is dropped exactly: it adds q.b_k to every score of a
+    query, which the softmax cancels (and Meta's checkpoints mask it to zero anyway).
+    """
+    present = [t for t in (q, v) if t is not None]
+    zeros = torch.zeros_like(present[0])
+    pieces = (zeros if q is None else q, zeros, zeros if v is None else v)
+    out[f"blocks.{index}.attn.qkv.bias"] = torch.cat(pieces)
 
 
 _TIMM_RENAMES = {
