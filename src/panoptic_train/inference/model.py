@@ -155,17 +155,61 @@ class PanopticSegmentationModel:
         """Write an exported-model file that `load_model` reads back."""
         self.to_exported().save(path)
 
-    def export_onnx(self, out: str | os.PathLike[str], **kwargs: Any) -> Path:
-        """Export to ONNX; see `panoptic_train.export.onnx.export_onnx` for the options."""
+    def export_onnx(
+        self,
+        out: str | os.PathLike[str],
+        precision: Literal["fp32", "fp16"] = "fp32",
+        batch_size: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        simplify: bool = True,
+        verify: bool = True,
+        opset: int | None = None,
+        postprocess: bool = False,
+    ) -> Path:
+        """Export to ONNX; the options are `panoptic_train.export.onnx.export_onnx`'s."""
         from panoptic_train.export.onnx import export_onnx
 
-        return export_onnx(self, out, **kwargs)
+        return export_onnx(
+            self,
+            out,
+            precision=precision,
+            batch_size=batch_size,
+            height=height,
+            width=width,
+            simplify=simplify,
+            verify=verify,
+            opset=opset,
+            postprocess=postprocess,
+        )
 
-    def export_tensorrt(self, out: str | os.PathLike[str], **kwargs: Any) -> Path:
-        """Build a TensorRT engine; see `panoptic_train.export.tensorrt.export_tensorrt`."""
+    def export_tensorrt(
+        self,
+        out: str | os.PathLike[str],
+        precision: Literal["fp32", "fp16"] = "fp32",
+        workspace_gb: float = 4.0,
+        min_batch_size: int = 1,
+        opt_batch_size: int = 1,
+        max_batch_size: int = 8,
+        height: int | None = None,
+        width: int | None = None,
+        verify: bool = True,
+    ) -> Path:
+        """Build a TensorRT engine; the options are `export.tensorrt.export_tensorrt`'s."""
         from panoptic_train.export.tensorrt import export_tensorrt
 
-        return export_tensorrt(self, out, **kwargs)
+        return export_tensorrt(
+            self,
+            out,
+            precision=precision,
+            workspace_gb=workspace_gb,
+            min_batch_size=min_batch_size,
+            opt_batch_size=opt_batch_size,
+            max_batch_size=max_batch_size,
+            height=height,
+            width=width,
+            verify=verify,
+        )
 
     def __repr__(self) -> str:
         return (
