@@ -20,8 +20,8 @@ def _torch_reference(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarr
 
 def test_fitted_sizes_are_those_of_resize_and_pad() -> None:
     rng = np.random.default_rng(0)
-    for _ in range(300):
-        height, width = (int(v) for v in rng.integers(1, 700, 2))
+    for _ in range(100):
+        height, width = (int(v) for v in rng.integers(1, 400, 2))
         size = (int(rng.choice([32, 64, 640])), int(rng.choice([32, 64, 480, 640])))
         expected = _torch_reference(np.zeros((height, width, 3), np.uint8), size)[1]
         assert fit_size(height, width, size) == expected, (height, width, size)

@@ -15,10 +15,10 @@ from panoptic_train.inference.postprocess import (
 )
 
 IS_THING = [True, True, False, False, True]
-CONFIG = PostprocessConfig(threshold=0.3, overlap_threshold=0.5)
+CONFIG = PostprocessConfig(threshold=0.3, overlap_threshold=0.3)
 
 
-def _logits(seed: int, batch: int = 2, queries: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+def _logits(seed: int, batch: int = 2, queries: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     class_logits = torch.randn(batch, queries, len(IS_THING) + 1, generator=generator) * 4
     mask_logits = torch.randn(batch, queries, 8, 8, generator=generator) * 4
@@ -47,7 +47,7 @@ def test_numpy_arrays_give_the_results_of_torch_tensors() -> None:
             assert ours["scores"].dtype == np.float32
             np.testing.assert_allclose(ours["scores"], reference["scores"].numpy(), atol=1e-6)
             segments += len(ours["labels"])
-    assert segments >= 20  # the comparison saw real merges, not empty maps
+    assert segments >= 30  # the comparison saw real merges, not empty maps
 
 
 def test_fixed_shape_merge_equals_the_merge_of_the_kept_queries() -> None:

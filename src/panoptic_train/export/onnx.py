@@ -169,9 +169,15 @@ def _is_int(value: Any) -> bool:
 
 
 def _build_graph(model: PanopticSegmentationModel, metadata: ExportMetadata) -> torch.nn.Module:
-    """The module to trace, on a CPU copy of the network (the model itself is left as it is)."""
-    network = copy.deepcopy(model.network).cpu()
+    """The module to trace, on a copy of the network (the model itself is left as it is).
+
+    The copy stays on the model's GPU for fp16 (CPUs run fp16 several times slower than fp32);
+    otherwise it goes to the CPU.
+    """
     dtype = torch.float16 if metadata.precision == "fp16" else torch.float32
+    on_gpu = dtype == torch.float16 and next(model.network.parameters()).is_cuda
+    network = copy.deepcopy(model.network)
+    network = network if on_gpu else network.cpu()
     logits = LogitsGraph(network, dtype)
     if metadata.outputs == "logits":
         return logits
@@ -193,6 +199,7 @@ def _trace(graph: torch.nn.Module, options: _ExportOptions, metadata: ExportMeta
     import onnx
 
     example = example_images(options.batch_size, options.image_size, metadata.mean, metadata.std)
+    example = example.to(next(graph.parameters()).device)
     buffer = io.BytesIO()
     names = [INPUT_NAME, *metadata.output_names]
     with warnings.catch_warnings(), torch.no_grad():
