@@ -158,6 +158,19 @@ def test_missing_ground_truth_area_falls_back_to_the_pixel_count(coco, backend: 
     assert_same_results(evaluate_panoptic(*files.args(), backend=backend), expected)
 
 
+def test_string_image_ids(coco, backend: str) -> None:
+    files = coco.write_scenes(coco.scenes(4, len(IS_THING), seed=17), coco.categories(IS_THING))
+    expected = evaluate_panoptic(*files.args(), backend="builtin")
+
+    def rename(content: dict[str, Any]) -> None:
+        for entry in content["annotations"]:
+            entry["image_id"] = f"image-{entry['image_id']}"
+
+    edit_json(files.gt_json, rename)
+    edit_json(files.pred_json, rename)
+    assert evaluate_panoptic(*files.args(), backend=backend) == expected
+
+
 def test_palette_and_rgba_masks_read_as_their_colours(coco) -> None:
     files = coco.write_scenes(coco.scenes(4, len(IS_THING), seed=16), coco.categories(IS_THING))
     expected = evaluate_panoptic(*files.args(), backend="builtin")

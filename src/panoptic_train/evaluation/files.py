@@ -62,7 +62,7 @@ class _Annotation:
     ids: tuple[int, ...]
     classes: tuple[int, ...]  # contiguous class index per segment
     crowd: tuple[bool, ...]
-    area: tuple[float | None, ...]  # the JSON `area`, None where absent (predictions: always)
+    area: tuple[float | None, ...]  # the JSON `area` or None; only the ground truth's is used
 
 
 @dataclass(frozen=True)
@@ -172,15 +172,15 @@ def _hotcoco_statistics(
     then names the file and id of the problem in its error."""
     from hotcoco.panoptic import PanopticEval
 
-    evaluation = PanopticEval(
-        str(gt_side.json_path),
-        str(pred_side.json_path),
-        gt_folder=str(gt_side.masks),
-        pred_folder=str(pred_side.masks),
-    )
     try:
+        evaluation = PanopticEval(
+            str(gt_side.json_path),
+            str(pred_side.json_path),
+            gt_folder=str(gt_side.masks),
+            pred_folder=str(pred_side.masks),
+        )
         evaluation.evaluate()
-    except (ValueError, OSError):
+    except (ValueError, OSError):  # e.g. string image ids, which hotcoco does not read
         return None
     per_class = evaluation.results()["per_class"]
     stats = torch.zeros(4, len(class_ids), dtype=torch.float64)
