@@ -20,9 +20,15 @@ import torch
 from panoptic_train._io import atomic_write
 from panoptic_train.errors import ConfigError, PanopticTrainError, require
 from panoptic_train.export._verify import VerificationReport, compare_logits, example_images
-from panoptic_train.export.metadata import INPUT_NAME, LOGIT_OUTPUTS, Precision, sidecar_path
+from panoptic_train.export.metadata import (
+    INPUT_NAME,
+    LOGIT_OUTPUTS,
+    METADATA_KEY,
+    ExportMetadata,
+    Precision,
+    sidecar_path,
+)
 from panoptic_train.export.onnx import ExportError, export_onnx
-from panoptic_train.export.onnx_predictor import metadata_of_session
 
 if TYPE_CHECKING:
     from panoptic_train.inference.model import PanopticSegmentationModel
@@ -102,7 +108,7 @@ def export_tensorrt(
     min/opt/max_batch_size: batch range the engine accepts; it is tuned for opt_batch_size.
     height, width: input size (multiples of 16); default the model's image size.
     verify: run the engine and PyTorch (fp32) on the same random images; an ExportError beyond
-        `export.onnx.TOLERANCE`, and no engine is written.
+        `export._verify.TOLERANCE`, and no engine is written.
     """
     options = _EngineOptions.validate(
         precision, workspace_gb, min_batch_size, opt_batch_size, max_batch_size
@@ -131,10 +137,12 @@ def export_tensorrt(
     return path
 
 
-def _metadata_of_onnx(onnx_bytes: bytes) -> Any:
-    ort = require("onnxruntime", "onnx", "Reading the exported ONNX metadata")
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    return metadata_of_session(session, "The intermediate ONNX model")
+def _metadata_of_onnx(onnx_bytes: bytes) -> ExportMetadata:
+    import onnx
+
+    proto = onnx.load_from_string(onnx_bytes)
+    props = {entry.key: entry.value for entry in proto.metadata_props}
+    return ExportMetadata.from_json(props[METADATA_KEY], "The intermediate ONNX model")
 
 
 def _build_engine(
@@ -170,7 +178,10 @@ def _build_engine(
 
 
 def _verify_engine(
-    model: PanopticSegmentationModel, engine: bytes, metadata: Any, options: _EngineOptions
+    model: PanopticSegmentationModel,
+    engine: bytes,
+    metadata: ExportMetadata,
+    options: _EngineOptions,
 ) -> None:
     from panoptic_train.export.tensorrt_predictor import TensorRTEngine
 

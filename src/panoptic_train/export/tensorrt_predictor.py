@@ -37,7 +37,8 @@ class TensorRTEngine:
         self.device = device
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(engine)
+        with torch.cuda.device(device):  # engines and contexts belong to the current device
+            self._engine = self._runtime.deserialize_cuda_engine(engine)
         if self._engine is None:
             raise WeightsError(
                 "TensorRT cannot load this engine (its log above says why): engines only run "
@@ -56,7 +57,8 @@ class TensorRTEngine:
                 raise WeightsError(f"Engine output {name!r} is not float32.")
         smallest, _, largest = self._engine.get_tensor_profile_shape(INPUT_NAME, 0)
         self.min_batch_size, self.max_batch_size = int(smallest[0]), int(largest[0])
-        self._context = self._engine.create_execution_context()
+        with torch.cuda.device(device):
+            self._context = self._engine.create_execution_context()
 
     def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Logits of `images` (at most max_batch_size of them), as float32 CUDA tensors."""
@@ -85,8 +87,9 @@ class TensorRTEngine:
             outputs.append(output)
         # Enqueued on torch's current stream, so the torch ops that read the outputs wait for it.
         stream = torch.cuda.current_stream(self.device)
-        if not self._context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT failed to run the engine (its log above says why).")
+        with torch.cuda.device(self.device):
+            if not self._context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError("TensorRT failed to run the engine (its log above says why).")
         class_logits, mask_logits = outputs
         return class_logits[:count], mask_logits[:count]
 
