@@ -131,14 +131,21 @@ def write_data(root: Path, count: int, seed: int = 0) -> dict[str, Path]:
     }
 
 
-def best_of(repeats: int, run: Callable[[], Any]) -> tuple[float, Any]:
-    """Fastest wall time of `repeats` runs (the machine is shared) and the last result."""
-    times, result = [], None
+def interleaved_best(
+    repeats: int, runs: dict[str, Callable[[], Any]]
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fastest wall time of each run over `repeats` rounds, and each run's result.
+
+    The rounds interleave the runs, so a burst of load on this shared machine hits them alike.
+    """
+    best = dict.fromkeys(runs, float("inf"))
+    results: dict[str, Any] = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - start)
-    return min(times), result
+        for name, run in runs.items():
+            start = time.perf_counter()
+            results[name] = run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best, results
 
 
 def decode_all(paths: list[Path], decode: Callable[[Path], Any], workers: int) -> None:
@@ -185,53 +192,64 @@ def report(paths: dict[str, Path], pngs: list[Path], repeats: int) -> None:
     from panoptic_train.evaluation.files import evaluate_panoptic
 
     cores = os.cpu_count() or 1
-    quiet = contextlib.redirect_stdout(io.StringIO())
+    threads = min(cores, 8)
     files = (paths["gt_json"], paths["gt_masks"], paths["pred_json"], paths["pred_masks"])
     peer_args = [str(p) for p in (files[0], files[2], files[1], files[3])]
-    rows: list[tuple[str, float]] = []
-    results: dict[str, dict[str, Any]] = {}
 
-    threads = min(cores, 8)
-    seconds, results["panoptic_train"] = best_of(repeats, lambda: evaluate_panoptic(*files))
-    rows.append(("panoptic_train evaluate_panoptic (default: hotcoco backend)", seconds))
-    ours = seconds
-    seconds, results["panoptic_train builtin"] = best_of(
-        repeats, lambda: evaluate_panoptic(*files, backend="builtin")
+    def quiet(run: Callable[[], Any]) -> Callable[[], Any]:
+        def silenced() -> Any:
+            with contextlib.redirect_stdout(io.StringIO()):
+                return run()
+
+        return silenced
+
+    def decode_only(decode: Callable[[Path], Any], workers: int) -> Callable[[], None]:
+        def run() -> None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torchvision's image IO
+                decode_all(pngs, decode, workers)
+
+        return run
+
+    runs: dict[str, Callable[[], Any]] = {
+        "panoptic_train evaluate_panoptic (default: hotcoco backend)": lambda: evaluate_panoptic(
+            *files
+        ),
+        f"panoptic_train evaluate_panoptic (builtin, {threads} threads)": lambda: evaluate_panoptic(
+            *files, backend="builtin"
+        ),
+        "panoptic_train evaluate_panoptic (builtin, 1 thread)": lambda: evaluate_panoptic(
+            *files, backend="builtin", num_workers=1
+        ),
+        "hotcoco pq_compute (Rust, own threads)": quiet(lambda: hotcoco_pq(*peer_args)),
+        f"decode only: PIL, {len(pngs)} PNGs, 1 thread": decode_only(_pil_decode, 1),
+        f"decode only: PIL, {len(pngs)} PNGs, {threads} threads": decode_only(_pil_decode, threads),
+        f"decode only: torchvision decode_png, {len(pngs)} PNGs, 1 thread": decode_only(
+            _torchvision_decode, 1
+        ),
+    }
+    seconds, results = interleaved_best(repeats, runs)
+    panopticapi_name = f"panopticapi pq_compute ({cores} processes, 1 run)"
+    more_seconds, more_results = interleaved_best(
+        1, {panopticapi_name: quiet(lambda: panopticapi_pq(*peer_args))}
     )
-    rows.append((f"panoptic_train evaluate_panoptic (builtin, {threads} threads)", seconds))
-    builtin = seconds
-    seconds, _ = best_of(
-        repeats, lambda: evaluate_panoptic(*files, backend="builtin", num_workers=1)
-    )
-    rows.append(("panoptic_train evaluate_panoptic (builtin, 1 thread)", seconds))
-    with quiet:
-        seconds, results["hotcoco"] = best_of(repeats, lambda: hotcoco_pq(*peer_args))
-    rows.append(("hotcoco pq_compute (Rust, own threads)", seconds))
-    hotcoco = seconds
-    with contextlib.redirect_stdout(io.StringIO()):
-        seconds, results["panopticapi"] = best_of(1, lambda: panopticapi_pq(*peer_args))
-    rows.append((f"panopticapi pq_compute ({cores} processes, 1 run)", seconds))
-    panopticapi = seconds
+    seconds.update(more_seconds)
+    results.update(more_results)
 
-    for workers in (1, threads):
-        seconds, _ = best_of(repeats, lambda w=workers: decode_all(pngs, _pil_decode, w))
-        rows.append((f"decode only: PIL, {len(pngs)} PNGs, {workers} thread(s)", seconds))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision's image IO
-        seconds, _ = best_of(repeats, lambda: decode_all(pngs, _torchvision_decode, 1))
-    rows.append((f"decode only: torchvision decode_png, {len(pngs)} PNGs, 1 thread", seconds))
-
-    print(f"\n{len(pngs) // 2} pairs of {WIDTH}x{HEIGHT}, {cores} CPU cores\n")
+    print(f"\n{len(pngs) // 2} pairs of {WIDTH}x{HEIGHT}, {cores} CPU cores, best of {repeats}\n")
     print("| what | seconds |\n|---|---|")
-    for name, seconds in rows:
-        print(f"| {name} | {seconds:.2f} |")
-    for name, seconds in (("default", ours), ("builtin", builtin)):
+    for name, value in seconds.items():
+        print(f"| {name} | {value:.2f} |")
+    names = list(runs)
+    hotcoco, panopticapi = seconds[names[3]], seconds[panopticapi_name]
+    for name in names[:2]:
         print(
-            f"\n{name}: {panopticapi / seconds:.1f}x faster than panopticapi, "
-            f"{seconds / hotcoco:.2f}x hotcoco's time"
+            f"\n{name}: {panopticapi / seconds[name]:.1f}x faster than panopticapi, "
+            f"{seconds[name] / hotcoco:.2f}x hotcoco's time"
         )
-    reference = results["panopticapi"]
-    for name, result in results.items():
+    reference = results[panopticapi_name]
+    for name in (*names[:4], panopticapi_name):
+        result = results[name]
         difference = max(
             abs(result[group][metric] - reference[group][metric])
             for group in ("All", "Things", "Stuff")

@@ -277,6 +277,7 @@ def _annotation(
     class_of: Mapping[int, int],
 ) -> _Annotation:
     ids: list[int] = []
+    seen: set[int] = set()
     classes: list[int] = []
     crowd: list[bool] = []
     area: list[float | None] = []
@@ -287,20 +288,21 @@ def _annotation(
                 f"{where} (image id {image_id!r}) has a segment {segment!r} without a valid 'id' "
                 f"(an integer in 1..{_ID_SPACE - 1}; 0 is void)."
             )
-        if segment_id in ids:
+        if segment_id in seen:
             raise DataError(
                 f"{where} (image id {image_id!r}) lists segment id {segment_id} twice in "
-                "'segments_info'."
+                "'segments_info'. Give each segment of an image its own id."
             )
         category_id = segment.get("category_id")
         if category_id not in class_of:
             raise DataError(
                 f"{where} (image id {image_id!r}, file '{png.name}'): segment id {segment_id} "
                 f"has unknown category_id {category_id!r}; the ground truth's categories are "
-                f"{sorted(class_of)}."
+                f"{sorted(class_of)}. Map the prediction's classes to those category ids."
             )
         segment_area = segment.get("area")
         ids.append(segment_id)
+        seen.add(segment_id)
         classes.append(class_of[category_id])
         crowd.append(bool(segment.get("iscrowd", 0)))
         area.append(
