@@ -5,7 +5,6 @@ onnxruntime, and carrying the metadata a runner needs (`export.metadata`).
 
 from __future__ import annotations
 
-import copy
 import io
 import logging
 import os
@@ -159,7 +158,11 @@ class _ExportOptions:
             raise ConfigError(
                 f"Model {model.model_name!r} has {parameter_bytes / 2**30:.1f} GiB of {precision} "
                 "weights, beyond the 2 GiB an ONNX file holds without external data. "
-                + ("Export with precision='fp16'." if precision == "fp32" else "")
+                + (
+                    "Export with precision='fp16'."
+                    if precision == "fp32"
+                    else "ONNX export supports models up to 2 GiB of weights."
+                )
             )
         return cls(precision, batch_size, (int(size[0]), int(size[1])), opset)
 
@@ -169,15 +172,16 @@ def _is_int(value: Any) -> bool:
 
 
 def _build_graph(model: PanopticSegmentationModel, metadata: ExportMetadata) -> torch.nn.Module:
-    """The module to trace, on a copy of the network (the model itself is left as it is).
+    """The module to trace, on a CPU rebuild of the network from its weights (the model itself
+    is left as it is, and a model on the GPU is not duplicated there).
 
-    The copy stays on the model's GPU for fp16 (CPUs run fp16 several times slower than fp32);
-    otherwise it goes to the CPU.
+    fp16 is traced on the model's GPU when it has one: CPUs run fp16 several times slower.
     """
     dtype = torch.float16 if metadata.precision == "fp16" else torch.float32
-    on_gpu = dtype == torch.float16 and next(model.network.parameters()).is_cuda
-    network = copy.deepcopy(model.network)
-    network = network if on_gpu else network.cpu()
+    network = model.to_exported().build_network()
+    device = next(model.network.parameters()).device
+    if dtype == torch.float16 and device.type == "cuda":
+        network = network.to(device)
     logits = LogitsGraph(network, dtype)
     if metadata.outputs == "logits":
         return logits
