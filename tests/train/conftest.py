@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from panoptic_train.data.synthetic import write_dataset
 
@@ -22,6 +23,17 @@ FAST_RUN: dict[str, Any] = {
     "accelerator": "cpu",
     "transform_args": {"image_size": (64, 64)},
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """Train on one thread: on a shared 2-core machine, two threads per process oversubscribe
+    the cores and a step can take ten times longer; one thread keeps test times predictable.
+    Module scope, so that it also covers the module-scoped training fixtures."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

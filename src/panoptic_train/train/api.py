@@ -15,6 +15,7 @@ from typing import Any, Literal
 from panoptic_train.data.config import load_data_args
 from panoptic_train.data.transforms import load_transform_args
 from panoptic_train.errors import ConfigError
+from panoptic_train.models import registry
 from panoptic_train.train import checkpoints as ckpt
 from panoptic_train.train.config import TrainConfig, parse_config
 from panoptic_train.train.loggers import check_dependencies
@@ -131,7 +132,14 @@ def _validated(**arguments: Any) -> TrainConfig:
     if not isinstance(model, str | os.PathLike):
         raise ConfigError(f"model must be a model name or a file path, got {model!r}.")
     model_path = Path(model).expanduser()
-    arguments["model"] = str(model_path.resolve()) if model_path.is_file() else str(model)
+    if model_path.is_file():
+        arguments["model"] = str(model_path.resolve())
+    elif not registry.is_model_name(str(model)):
+        raise ConfigError(
+            f"model={str(model)!r} is neither a model name nor an existing file. Use one of "
+            f"{', '.join(registry.list_models())}; or the path of an exported_*.pt / .ckpt file "
+            "to fine-tune."
+        )
     if arguments["checkpoint"] is not None:
         checkpoint = Path(arguments["checkpoint"]).expanduser()
         if not checkpoint.is_file():

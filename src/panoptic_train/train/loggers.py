@@ -61,13 +61,16 @@ class TensorBoardLogger:
 
 
 class MLflowLogger:
-    """One MLflow run; `tracking_uri` None stores runs under `default_dir` (a local file store)."""
+    """One MLflow run. Without `tracking_uri` runs go to a local SQLite store,
+    `out/logs/mlflow.db` (`mlflow ui --backend-store-uri sqlite:///out/logs/mlflow.db`); MLflow 3
+    no longer accepts new plain-folder stores by default."""
 
-    def __init__(self, args: MLflowArgs, default_dir: Path, config: Mapping[str, Any]) -> None:
+    def __init__(self, args: MLflowArgs, default_db: Path, config: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        uri = args.tracking_uri or default_dir.resolve().as_uri()
+        default_db.parent.mkdir(parents=True, exist_ok=True)
+        uri = args.tracking_uri or f"sqlite:///{default_db.resolve()}"
         self.client = MlflowClient(tracking_uri=uri)
         experiment = self.client.get_experiment_by_name(args.experiment_name)
         experiment_id = (
@@ -165,7 +168,7 @@ def build_loggers(
             TensorBoardLogger(args.tensorboard, log_dir / "tensorboard", config, start_step)
         )
     if args.mlflow is not None:
-        loggers.append(MLflowLogger(args.mlflow, log_dir / "mlruns", config))
+        loggers.append(MLflowLogger(args.mlflow, log_dir / "mlflow.db", config))
     if args.wandb is not None:
         loggers.append(WandbLogger(args.wandb, log_dir, config))
     return Loggers(loggers)

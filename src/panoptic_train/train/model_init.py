@@ -50,11 +50,6 @@ def build_initial_model(
             overrides[name] = value
     if is_model_file(model):
         return _from_file(Path(model).expanduser(), classes, overrides)
-    if not registry.is_model_name(model):
-        raise ConfigError(
-            f"model={model!r} is neither a model name nor an existing file. Use one of "
-            f"{registry.list_models()}, or the path of an exported_*.pt / .ckpt file."
-        )
     network = registry.create_model(
         model, classes.num_classes, backbone_weights=model_args.backbone_weights, **overrides
     )
