@@ -83,6 +83,7 @@ def test_outputs_are_written_and_load_safely(trained: Path, synthetic_data: dict
     config = json.loads((trained / "config.json").read_text())
     assert config["arguments"]["steps"] == STEPS
     assert config["resolved"]["micro_batch_size"] == 4
+    assert config["resolved"]["precision"] == "32-true"  # the bf16-mixed default, on a CPU
     assert "Validation at step" in (trained / "train.log").read_text()
 
     # The exported model and the checkpoint both predict; classes are the dataset's ids.
@@ -103,3 +104,22 @@ def test_tensorboard_receives_training_and_validation_scalars(trained: Path) -> 
     assert [event.step for event in events.Scalars("val_metric/pq")] == [STEPS // 2, STEPS]
     losses = [event.value for event in events.Scalars("train_loss")]
     assert len(losses) == STEPS // 10 and losses[-1] < losses[0]
+
+
+def test_compiled_run_saves_plain_parameter_names(
+    synthetic_data: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "compiled"
+    panoptic_train.train_panoptic_segmentation(
+        **fast_run(
+            synthetic_data,
+            out,
+            steps=1,
+            logger_args={"tensorboard": None},
+            torch_compile_args={"disable": False, "backend": "eager"},
+        )
+    )
+    checkpoint = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
+    names = list(checkpoint["model"]["state_dict"]) + list(checkpoint["optimizer"]["state"])
+    assert "class_head.weight" in names and not any("_orig_mod" in name for name in names)
+    panoptic_train.load_model(out / "exported_models/exported_last.pt", device="cpu")
