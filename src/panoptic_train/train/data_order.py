@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 
-def _derived_seed(*entropy: int) -> int:
+def derived_seed(*entropy: int) -> int:
     """A well-mixed 63-bit seed from several integers (numpy's SeedSequence hashing)."""
     state = np.random.SeedSequence([int(value) for value in entropy]).generate_state(2, np.uint64)
     return int(state[0] >> np.uint64(1))
@@ -76,7 +76,7 @@ class StreamBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def permutation(self, epoch: int) -> torch.Tensor:
         """The sample order of one epoch."""
-        generator = torch.Generator().manual_seed(_derived_seed(self.seed, epoch))
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, epoch))
         return torch.randperm(self.num_samples, generator=generator)
 
 
@@ -107,5 +107,5 @@ class PositionSeededDataset(Dataset[Any]):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         position, index = key
-        with _seeded_rngs(_derived_seed(self.seed, position, 1)):
+        with _seeded_rngs(derived_seed(self.seed, position, 1)):
             return self.dataset[index]

@@ -33,7 +33,11 @@ from panoptic_train.inference.postprocess import PostprocessConfig
 from panoptic_train.models.eomt import EoMT
 from panoptic_train.train import checkpoints as ckpt
 from panoptic_train.train.config import TrainConfig
-from panoptic_train.train.data_order import PositionSeededDataset, StreamBatchSampler
+from panoptic_train.train.data_order import (
+    PositionSeededDataset,
+    StreamBatchSampler,
+    derived_seed,
+)
 from panoptic_train.train.loggers import Loggers, build_loggers
 from panoptic_train.train.loss import MaskClassificationLoss, average_num_masks
 from panoptic_train.train.model_init import build_initial_model
@@ -250,33 +254,9 @@ class Trainer:
             state = ckpt.train_state_of(self.resume_from)
         self.arguments = arguments
         # Training randomness differs per rank (loss points, RoPE jitter) but not per run.
-        torch.manual_seed(config.seed * 1000 + fabric.global_rank + 1)
-
-        if config.torch_compile_args.disable:
-            forward_module = network
-        else:
-            compile_args = config.torch_compile_args.model_dump(exclude={"disable"})
-            forward_module = torch.compile(network, **compile_args)
-        self.model = fabric.setup_module(forward_module)
+        torch.manual_seed(derived_seed(config.seed, fabric.global_rank, 2))
+        self._setup_model_and_optimizer()
         args = config.model_args
-        self.optimizer = fabric.setup_optimizers(
-            build_optimizer(
-                network,
-                lr=self.plan.lr,
-                llrd=args.llrd,
-                llrd_joint_blocks=args.llrd_joint_blocks,
-                weight_decay=args.weight_decay,
-            )
-        )
-        if self.resume_from is not None:
-            ckpt.load_training_state(
-                self._root(),
-                self.optimizer.optimizer,
-                self.resume_from[ckpt.CHECKPOINT_MODEL_KEY]["state_dict"],
-                self.resume_from["optimizer"],
-            )
-            ckpt.restore_rng_states(self.resume_from["rng"], fabric.global_rank, fabric.device)
-
         self.criterion = MaskClassificationLoss(
             num_classes=datasets.classes.num_classes,
             num_points=args.loss_num_points,
@@ -310,6 +290,35 @@ class Trainer:
         finally:
             best = self.paths.exported_best
             loggers.finish(best if best.is_file() else self.paths.exported_last)
+
+    def _setup_model_and_optimizer(self) -> None:
+        """Wrap the network for the strategy (and torch.compile), build the optimiser over its
+        parameter groups and, when resuming, restore weights, optimiser and RNG states."""
+        config, fabric, network = self.config, self.fabric, self.network
+        if config.torch_compile_args.disable:
+            forward_module: torch.nn.Module = network
+        else:
+            compile_args = config.torch_compile_args.model_dump(exclude={"disable"})
+            forward_module = torch.compile(network, **compile_args)
+        self.model = fabric.setup_module(forward_module)
+        args = config.model_args
+        self.optimizer = fabric.setup_optimizers(
+            build_optimizer(
+                network,
+                lr=self.plan.lr,
+                llrd=args.llrd,
+                llrd_joint_blocks=args.llrd_joint_blocks,
+                weight_decay=args.weight_decay,
+            )
+        )
+        if self.resume_from is not None:
+            ckpt.load_training_state(
+                self._root(),
+                self.optimizer.optimizer,
+                self.resume_from[ckpt.CHECKPOINT_MODEL_KEY]["state_dict"],
+                self.resume_from["optimizer"],
+            )
+            ckpt.restore_rng_states(self.resume_from["rng"], fabric.global_rank, fabric.device)
 
     def _initial_network(self, classes: ClassMapping) -> tuple[EoMT, str]:
         """Resume: the checkpoint's architecture (its weights are loaded after setup). New run:
