@@ -17,6 +17,10 @@ from panoptic_train.inference._array_ops import TorchOps
 from panoptic_train.inference.postprocess import PostprocessConfig, class_scores, merge_queries
 from panoptic_train.models.eomt import EoMT
 
+# Probabilities held at once per image while merging (2**23 float32 = 32 MiB): the graph merges
+# all queries at full input resolution, in row bands of this size (unrolled in the graph).
+_BAND_ELEMENTS = 2**23
+
 
 class LogitsGraph(nn.Module):
     """images (B, 3, H, W) float32, normalised -> class_logits (B, Q, C+1), mask_logits
@@ -63,7 +67,17 @@ class PanopticGraph(nn.Module):
         keep = (labels != class_logits.shape[-1] - 1) & (scores > self.config.threshold)
         size = self.image_size
         merged = merge_queries(
-            ops, scores, labels, mask_logits, self.is_thing, size, size, size, self.config, keep
+            ops,
+            scores,
+            labels,
+            mask_logits,
+            self.is_thing,
+            size,
+            size,
+            size,
+            self.config,
+            keep,
+            max_band_elements=_BAND_ELEMENTS,
         )
         classes, segments = merged.masks[..., 0], merged.masks[..., 1]
         masks = torch.stack((self._category(classes), segments), dim=-1)
