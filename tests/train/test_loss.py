@@ -12,7 +12,12 @@ from panoptic_train.train.loss import (
     dice_loss,
     sigmoid_bce_loss,
 )
-from panoptic_train.train.points import uncertain_points, valid_pixels
+from panoptic_train.train.points import (
+    logits_at,
+    shared_logits_at,
+    uncertain_points,
+    valid_pixels,
+)
 
 H = W = 32
 
@@ -152,3 +157,25 @@ def test_importance_sampling_prefers_uncertain_pixels_and_skips_ignored() -> Non
     # Coordinates fall inside their pixel.
     assert torch.equal((points.xy[..., 0] * W).floor().long(), cols)
     assert torch.equal((points.xy[..., 1] * H).floor().long(), points.pixels // W)
+
+
+def test_point_sampling_matches_grid_sample_values_and_gradients() -> None:
+    """The gather-based bilinear sampling equals torch's grid_sample (align_corners=False,
+    border padding), including points in the outer half-cells."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 7, 9, generator=gen, requires_grad=True)
+    xy = torch.rand(5, 40, 2, generator=gen)
+    xy[:, :4] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.01, 0.99], [0.999, 0.02]])
+    reference = torch.nn.functional.grid_sample(
+        logits[:, None], xy[:, None] * 2 - 1, padding_mode="border", align_corners=False
+    )[:, 0, 0]
+    sampled = logits_at(logits, xy)
+    torch.testing.assert_close(sampled, reference)
+    # Shared points: every mask sampled at mask 0's points.
+    shared_reference = torch.nn.functional.grid_sample(
+        logits[None], xy[None, :1] * 2 - 1, padding_mode="border", align_corners=False
+    )[0, :, 0]
+    torch.testing.assert_close(shared_logits_at(logits, xy[0]), shared_reference)
+    (grad,) = torch.autograd.grad(sampled.sum(), logits)
+    (reference_grad,) = torch.autograd.grad(reference.sum(), logits)
+    torch.testing.assert_close(grad, reference_grad)

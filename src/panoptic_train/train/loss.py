@@ -164,7 +164,10 @@ class MaskClassificationLoss:
                 self.importance_sample_ratio,
             )
             point_logits.append(logits_at(matched_logits, points.xy))
-            point_targets.append(masks.flatten(1)[indices[:, None], points.pixels])
+            pixels_per_mask = height * width
+            point_targets.append(
+                torch.take(masks, indices[:, None] * pixels_per_mask + points.pixels)
+            )
 
         class_weights = torch.ones(self.num_classes + 1, device=class_logits.device)
         class_weights[-1] = self.no_object_weight

@@ -29,8 +29,9 @@ def pairwise_mask_costs(point_logits: Tensor, point_targets: Tensor) -> tuple[Te
     logits = point_logits.float()
     targets = point_targets.float()
     num_points = logits.shape[1]
-    # BCE(x, 1) = softplus(-x) and BCE(x, 0) = softplus(x): one matmul each covers all pairs.
-    bce = (F.softplus(-logits) @ targets.T + F.softplus(logits) @ (1 - targets).T) / num_points
+    # BCE(x, 1) = softplus(-x) and BCE(x, 0) = softplus(x) = softplus(-x) + x, so the sum over
+    # points of all pairs is rowsum(softplus(-x)) + x @ (1 - t)^T: one softplus, one matmul.
+    bce = (F.softplus(-logits).sum(-1, keepdim=True) + logits @ (1 - targets).T) / num_points
     probs = logits.sigmoid()
     numerator = 2 * probs @ targets.T
     denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
@@ -85,7 +86,7 @@ class HungarianMatcher:
         height, width = masks.shape[-2:]
         points = random_points(valid, (self.num_points,), height, width)
         point_logits = shared_logits_at(mask_logits, points.xy)
-        point_targets = masks.flatten(1)[:, points.pixels]
+        point_targets = masks.flatten(1).index_select(1, points.pixels)
         cost = self.cost_matrix(class_logits, point_logits, labels, point_targets)
         cost = torch.nan_to_num(
             cost, nan=_NONFINITE_COST, posinf=_NONFINITE_COST, neginf=-_NONFINITE_COST

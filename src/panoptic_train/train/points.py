@@ -11,10 +11,10 @@ predicted logits by bilinear interpolation).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -40,28 +40,54 @@ def random_points(valid: Tensor, shape: tuple[int, ...], height: int, width: int
     return Points(pixels=pixels, xy=xy)
 
 
-def logits_at(logits: Tensor, xy: Tensor) -> Tensor:
-    """Bilinear samples of per-mask logits (M, h, w) at per-mask points xy (M, P, 2) -> (M, P).
+class _Taps(NamedTuple):
+    """The four neighbouring cells of each point (flat indices: top-left, top-right,
+    bottom-left, bottom-right) and the fractional position between them."""
 
-    `align_corners=False`: coordinate 0 is the left edge of the image and 1 the right edge, at any
-    resolution, so points defined on the full-resolution image land on the right place of the
-    1/4-resolution logits. Border padding: a point in the outer half-cell takes the edge logit
-    (zero padding, as Mask2Former uses, would pull border predictions towards 0).
+    corners: tuple[Tensor, Tensor, Tensor, Tensor]
+    wx: Tensor
+    wy: Tensor
+
+    def interpolate(self, read: Callable[[Tensor], Tensor]) -> Tensor:
+        """Bilinear value from `read(corner indices) -> values` (two lerps across, one down)."""
+        top_left, top_right, bottom_left, bottom_right = (read(c) for c in self.corners)
+        top = torch.lerp(top_left, top_right, self.wx)
+        bottom = torch.lerp(bottom_left, bottom_right, self.wx)
+        return torch.lerp(top, bottom, self.wy)
+
+
+def _bilinear_taps(xy: Tensor, height: int, width: int) -> _Taps:
+    """Bilinear interpolation taps on an (height, width) grid, with the conventions of
+    `F.grid_sample(align_corners=False, padding_mode="border")`: coordinate 0 is the left edge of
+    the image and 1 the right edge at any resolution (so full-resolution points land on the right
+    place of the 1/4-resolution logits), and points in the outer half-cell take the edge value
+    (Mask2Former's zero padding would pull border logits towards 0).
+
+    Gathering these taps is several times faster on a CPU than `grid_sample` for the thousands
+    of points per mask the loss uses, and differentiable the same way.
     """
-    grid = xy[:, None] * 2 - 1
-    sampled = F.grid_sample(
-        logits[:, None].float(), grid.float(), padding_mode="border", align_corners=False
-    )
-    return sampled[:, 0, 0]
+    x = (xy[..., 0].float() * width - 0.5).clamp(0, width - 1)
+    y = (xy[..., 1].float() * height - 0.5).clamp(0, height - 1)
+    x0, y0 = x.floor(), y.floor()
+    wx, wy = x - x0, y - y0
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=width - 1), (y0 + 1).clamp(max=height - 1)
+    corners = (y0 * width + x0, y0 * width + x1, y1 * width + x0, y1 * width + x1)
+    return _Taps(corners=corners, wx=wx, wy=wy)
+
+
+def logits_at(logits: Tensor, xy: Tensor) -> Tensor:
+    """Bilinear samples of per-mask logits (M, h, w) at per-mask points xy (M, P, 2) -> (M, P)."""
+    flat = logits.float().flatten(1)
+    return _bilinear_taps(xy, *logits.shape[-2:]).interpolate(lambda index: flat.gather(1, index))
 
 
 def shared_logits_at(logits: Tensor, xy: Tensor) -> Tensor:
     """Samples of all masks (M, h, w) at the same points xy (P, 2) -> (M, P)."""
-    grid = xy[None, None] * 2 - 1
-    sampled = F.grid_sample(
-        logits[None].float(), grid.float(), padding_mode="border", align_corners=False
+    flat = logits.float().flatten(1)
+    return _bilinear_taps(xy, *logits.shape[-2:]).interpolate(
+        lambda index: flat.index_select(1, index)
     )
-    return sampled[0, :, 0]
 
 
 def uncertain_points(
