@@ -232,10 +232,6 @@ class TrainConfig(StrictConfig):
     """All arguments of `train_panoptic_segmentation`, validated. Values that depend on the
     hardware ("auto" workers, accumulation, devices) are resolved by the loop (`loop.RunPlan`)."""
 
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, arbitrary_types_allowed=True
-    )
-
     out: Path
     data: DataArgs
     model: str
