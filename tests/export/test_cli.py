@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -10,15 +9,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from panoptic_train.errors import MissingDependencyError
-from panoptic_train.export import OnnxPredictor, _cli
+from panoptic_train.cli import main
+from panoptic_train.export import OnnxPredictor
 from panoptic_train.inference.model import PanopticSegmentationModel
-
-
-def _run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    _cli.add_arguments(parser)
-    return _cli.run(parser.parse_args(argv))
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +27,7 @@ def test_onnx_export_writes_a_file_the_runner_reads(
     out = tmp_path / "model.onnx"
     argv = [str(model_file), "--format", "onnx", "--out", str(out), "--no-simplify"]
     with caplog.at_level(logging.INFO, logger="panoptic_train.export"):
-        assert _run([*argv, "--precision", "fp16", "--postprocess", "--opset", "18"]) == 0
+        assert main(["export", *argv, "--precision", "fp16", "--postprocess", "--opset", "18"]) == 0
     assert "Verification passed (onnxruntime fp16" in caplog.text
     predictor = OnnxPredictor(out)
     assert predictor.metadata.precision == "fp16"
@@ -43,9 +36,11 @@ def test_onnx_export_writes_a_file_the_runner_reads(
 
 
 def test_tensorrt_without_tensorrt_fails_before_loading_the_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     argv = [str(tmp_path / "absent.pt"), "--format", "tensorrt", "--out", str(tmp_path / "m")]
-    with pytest.raises(MissingDependencyError, match="tensorrt"):
-        _run(argv)
+    assert main(["export", *argv]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: Building a TensorRT engine needs the Python package")
+    assert 'pip install "panoptic-train[tensorrt]"' in error
