@@ -48,10 +48,11 @@ def run(args: argparse.Namespace) -> int:
     from panoptic_train.inference.model import load_model
 
     # Verification results and the written file are logged by the export modules.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
     export_logger = logging.getLogger("panoptic_train.export")
-    export_logger.addHandler(handler)
+    if not export_logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        export_logger.addHandler(handler)
     export_logger.setLevel(logging.INFO)
 
     if args.format == "tensorrt":
