@@ -63,3 +63,14 @@ def test_other_classes_reinitialise_the_head_with_a_warning(
     torch.testing.assert_close(
         network.backbone.blocks[3].mlp.fc1.weight, state["backbone.blocks.3.mlp.fc1.weight"]
     )
+
+
+def test_a_training_checkpoint_is_a_model_source(
+    exported_file: tuple[Path, dict], tmp_path: Path
+) -> None:
+    path, state = exported_file
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"model": torch.load(path, weights_only=True), "step": 7}, checkpoint)
+    network = build_initial_model(str(checkpoint), CLASSES, ModelArgs(), (64, 64)).network
+    for name, value in network.state_dict().items():
+        torch.testing.assert_close(value, state[name], msg=name)
