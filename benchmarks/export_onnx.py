@@ -2,6 +2,7 @@
 
 For each model (random weights, 133 classes, 200 queries, no download): export to ONNX (fp32,
 simplified; fp16 too with --fp16), then median latency over `--runs` after one warm-up of
+(PyTorch and ONNX Runtime called in turn, so that both see the same load on a shared machine)
 
 - the network alone: PyTorch eager (`inference_mode`) vs `InferenceSession.run` of the logits
   graph (and of the fp16 graph);
@@ -42,17 +43,24 @@ CLASSES = ClassMapping(
 Timing = tuple[float, float]  # median wall seconds, median process CPU seconds (all threads)
 
 
-def median_times(function: Callable[[], object], runs: int) -> Timing:
-    """Median wall and CPU time of `function` after one warm-up call. CPU time shows the work
-    done whatever else the (shared) machine runs; wall time ~ CPU time / 2 on 2 idle cores."""
-    function()
-    walls, cpus = [], []
-    for _ in range(runs):
-        wall, cpu = time.perf_counter(), time.process_time()
+def median_times(*functions: Callable[[], object], runs: int) -> list[Timing]:
+    """Median wall and CPU time of each function after one warm-up call each, the functions
+    called in turn (A B A B ...) so that they share whatever load the machine has. CPU time is
+    the process's, all threads: on 2 idle cores wall time is about CPU time / 2."""
+    for function in functions:
         function()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return statistics.median(walls), statistics.median(cpus)
+    walls: list[list[float]] = [[] for _ in functions]
+    cpus: list[list[float]] = [[] for _ in functions]
+    for _ in range(runs):
+        for index, function in enumerate(functions):
+            wall, cpu = time.perf_counter(), time.process_time()
+            function()
+            walls[index].append(time.perf_counter() - wall)
+            cpus[index].append(time.process_time() - cpu)
+    return [
+        (statistics.median(wall), statistics.median(cpu))
+        for wall, cpu in zip(walls, cpus, strict=True)
+    ]
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -71,33 +79,29 @@ def benchmark(
     inputs = np.random.default_rng(0).normal(size=(1, 3, 640, 640)).astype(np.float32)
     feed = {"images": inputs}
 
-    # PyTorch first, then ONNX Runtime: interleaving them lets one's idle worker threads spin
-    # on the cores the other needs.
-    with torch.inference_mode():
-        batch = torch.from_numpy(inputs)
-        torch_network = median_times(lambda: network(batch), runs)
-    torch_predict = median_times(lambda: model.predict(image), runs)
-
     logits_session, merged_session = session(logits_path), session(merged_path)
-    results = {
-        "network, fp32": (
-            torch_network,
-            median_times(lambda: logits_session.run(None, feed), runs),
-        ),
-        "graph with the merge, fp32": (
-            None,
-            median_times(lambda: merged_session.run(None, feed), runs),
-        ),
+    predictor = OnnxPredictor(logits_path)
+    batch = torch.from_numpy(inputs)
+
+    def torch_network() -> object:
+        with torch.inference_mode():
+            return network(batch)
+
+    network_times = median_times(torch_network, lambda: logits_session.run(None, feed), runs=runs)
+    predict_times = median_times(
+        lambda: model.predict(image), lambda: predictor.predict(image), runs=runs
+    )
+    (merged,) = median_times(lambda: merged_session.run(None, feed), runs=runs)
+    results: dict[str, tuple[Timing | None, Timing]] = {
+        "network, fp32": (network_times[0], network_times[1]),
+        "graph with the merge, fp32": (None, merged),
     }
     if fp16:
         half_path = export_onnx(model, folder / f"{name}_fp16.onnx", precision="fp16", verify=False)
         half_session = session(half_path)
-        results["network, fp16"] = (None, median_times(lambda: half_session.run(None, feed), runs))
-    predictor = OnnxPredictor(logits_path)
-    results["predict(jpeg path)"] = (
-        torch_predict,
-        median_times(lambda: predictor.predict(image), runs),
-    )
+        (half,) = median_times(lambda: half_session.run(None, feed), runs=runs)
+        results["network, fp16"] = (None, half)
+    results["predict(jpeg path)"] = (predict_times[0], predict_times[1])
     return results
 
 
