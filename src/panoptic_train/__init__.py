@@ -6,13 +6,14 @@ until a function is used).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from panoptic_train._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it
-_PUBLIC_API: dict[str, str] = {
+_EXPORTS: dict[str, str] = {
     "train_panoptic_segmentation": "panoptic_train.train.api",
     "load_model": "panoptic_train.inference.model",
     "evaluate_panoptic": "panoptic_train.evaluation.files",
@@ -21,7 +22,15 @@ _PUBLIC_API: dict[str, str] = {
     "create_model": "panoptic_train.models.registry",
 }
 
-__all__ = [*sorted(_PUBLIC_API), "__version__"]
+__all__ = [
+    "__version__",
+    "create_model",
+    "evaluate_panoptic",
+    "list_models",
+    "load_model",
+    "train_panoptic_segmentation",
+    "visualize",
+]
 
 if TYPE_CHECKING:
     from panoptic_train.evaluation.files import evaluate_panoptic
@@ -31,14 +40,4 @@ if TYPE_CHECKING:
     from panoptic_train.train.api import train_panoptic_segmentation
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _PUBLIC_API.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'panoptic_train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -5,8 +5,7 @@ Names are imported lazily so that `import panoptic_train.data._cli` (the CLI) lo
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from panoptic_train._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "ClassMapping": "panoptic_train.data.coco",
@@ -26,14 +25,4 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'panoptic_train.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -11,8 +11,9 @@ the CLI loads nothing heavy.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from panoptic_train._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "export_onnx": "panoptic_train.export.onnx",
@@ -44,14 +45,4 @@ if TYPE_CHECKING:
     from panoptic_train.export.tensorrt_predictor import TensorRTPredictor
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'panoptic_train.export' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
