@@ -123,3 +123,31 @@ def test_compiled_run_saves_plain_parameter_names(
     names = list(checkpoint["model"]["state_dict"]) + list(checkpoint["optimizer"]["state"])
     assert "class_head.weight" in names and not any("_orig_mod" in name for name in names)
     panoptic_train.load_model(out / "exported_models/exported_last.pt", device="cpu")
+
+
+def test_predicting_the_val_set_scores_the_pq_validation_reported(
+    trained: Path, synthetic_data: dict[str, Any], tmp_path: Path
+) -> None:
+    # The whole user path: load the exported best model, predict the val images to COCO panoptic
+    # files, score them with the file evaluator. Validation ran the same network in memory.
+    from panoptic_train.inference.predict_files import (
+        collect_images,
+        image_ids_from_annotations,
+        predict_files,
+    )
+
+    val = synthetic_data["val"]
+    best_pq = torch.load(trained / "checkpoints/last.ckpt", weights_only=True)["best_metric"]
+    model = panoptic_train.load_model(trained / "exported_models/exported_best.pt", device="cpu")
+    report = predict_files(
+        model,
+        collect_images([val["images"]]),
+        tmp_path,
+        image_ids=image_ids_from_annotations(val["annotations"]),
+    )
+    assert not report.skipped and report.predictions_json is not None
+    metrics = panoptic_train.evaluate_panoptic(
+        val["annotations"], val["masks"], report.predictions_json, report.written[0].parent
+    )
+    assert best_pq >= MIN_TRAINED_PQ
+    assert metrics["All"]["pq"] == pytest.approx(best_pq, abs=1e-6)
