@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/forward.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/predict.py
+	$(BIN)/python benchmarks/export_onnx.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
