@@ -101,17 +101,25 @@ def load_segment_ids(path: PathLike) -> np.ndarray:
     try:
         with Image.open(path) as mask:
             mode = mask.mode
-            rgb = np.array(mask.convert("RGB"), dtype=np.uint8) if mode in _MASK_MODES else None
+            width, height = mask.size
+            # PIL stores RGB pixels as 4 bytes; reading them as RGBX little-endian uint32 gives
+            # R + 256·G + 256²·B + 256³·X in one copy, without per-channel passes.
+            packed = (
+                (mask if mode == "RGB" else mask.convert("RGB")).tobytes("raw", "RGBX")
+                if mode in _MASK_MODES
+                else None
+            )
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(
             f"Cannot read mask '{path}': {error}. Replace it with a readable RGB PNG."
         ) from error
-    if rgb is None:
+    if packed is None:
         raise DataError(
             f"Mask '{path}' has PIL mode {mode!r}, but COCO panoptic masks are RGB PNGs whose "
             "colour encodes the segment id (R + 256·G + 256²·B). Re-save the mask as an RGB PNG."
         )
-    return decode_segment_ids(rgb)
+    ids = np.frombuffer(packed, dtype="<u4").reshape(height, width) & 0xFFFFFF
+    return ids.astype(np.int32)
 
 
 def find_image_file(directory: Path, file_name: str) -> Path | None:

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from panoptic_train._io import atomic_write_json
+from panoptic_train.data.io import load_segment_ids
 from panoptic_train.errors import ConfigError, DataError, require
 from panoptic_train.evaluation.pq import (
     PanopticQualityAccumulator,
@@ -48,7 +48,6 @@ _ID_SPACE = 1 << 24
 # Dense indices are stored as int16 to keep each thread's lookup table at 32 MiB.
 _MAX_SEGMENTS = int(np.iinfo(np.int16).max)
 # PIL modes whose colours are the RGB encoding (a palette maps indices to those colours).
-_MASK_MODES = frozenset({"RGB", "RGBA", "P"})
 # Each thread holds its own 32 MiB lookup table; the cap bounds that memory.
 _MAX_WORKERS = 8
 
@@ -446,30 +445,13 @@ def _check_png_exists(annotation: _Annotation, side: _Side) -> None:
 
 
 def _read_segment_ids(annotation: _Annotation, side: _Side) -> np.ndarray:
-    """(H, W) uint32 segment ids of a COCO panoptic PNG (R + 256·G + 256²·B)."""
+    """(H, W) int32 segment ids of a COCO panoptic PNG, errors naming the image id and side."""
     try:
-        with Image.open(annotation.png) as image:
-            mode = image.mode
-            width, height = image.size
-            # PIL keeps RGB pixels as 4 bytes; packing them as RGBX and reading little-endian
-            # uint32 gives R + 256·G + 256²·B + 256³·X in one copy, without per-channel passes.
-            packed = (
-                (image if mode == "RGB" else image.convert("RGB")).tobytes("raw", "RGBX")
-                if mode in _MASK_MODES
-                else None
-            )
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        return load_segment_ids(annotation.png)
+    except DataError as error:
         raise DataError(
-            f"Cannot decode the {side.role} mask '{annotation.png}' (image id "
-            f"{annotation.image_id!r}): {error}. Replace it with a readable RGB PNG."
+            f"{side.role.capitalize()} image id {annotation.image_id!r}: {error}"
         ) from error
-    if packed is None:
-        raise DataError(
-            f"The {side.role} mask '{annotation.png}' (image id {annotation.image_id!r}) has PIL "
-            f"mode {mode!r}; COCO panoptic masks are RGB PNGs whose colour encodes the segment "
-            "id (R + 256·G + 256²·B). Re-save it as an RGB PNG."
-        )
-    return np.frombuffer(packed, dtype="<u4").reshape(height, width) & 0xFFFFFF
 
 
 def _is_int(value: Any) -> bool:
