@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -151,3 +152,36 @@ def test_predicting_the_val_set_scores_the_pq_validation_reported(
     )
     assert best_pq >= MIN_TRAINED_PQ
     assert metrics["All"]["pq"] == pytest.approx(best_pq, abs=1e-6)
+
+
+def test_fp16_onnx_export_of_the_trained_model_keeps_its_pq(
+    trained: Path, synthetic_data: dict[str, Any], tmp_path: Path
+) -> None:
+    # With random weights every export scores PQ 0, so fp16 accuracy is only meaningful on a
+    # model that learned something: within 0.5 PQ points of the fp32 export on the val set.
+    from panoptic_train.evaluation.pq import PanopticQualityAccumulator
+    from panoptic_train.export import OnnxPredictor
+
+    model = panoptic_train.load_model(trained / "exported_models/exported_best.pt", device="cpu")
+    datasets = build_datasets(
+        load_data_args(synthetic_data), load_transform_args({"image_size": IMAGE_SIZE})
+    )
+    classes = datasets.classes
+    # category id -> class index; the last entry stays -1 so that void (-1) maps to void
+    to_index = np.full(max(classes.class_ids) + 2, -1, dtype=np.int64)
+    to_index[list(classes.class_ids)] = np.arange(classes.num_classes)
+    paths = [sample.image_path for sample in datasets.val.index.samples]
+
+    pq = {}
+    for precision in ("fp32", "fp16"):
+        onnx_file = tmp_path / f"model_{precision}.onnx"
+        model.export_onnx(onnx_file, precision=precision)
+        accumulator = PanopticQualityAccumulator(classes.num_classes, classes.is_thing)
+        predictions = OnnxPredictor(onnx_file).predict(paths)
+        for prediction, sample in zip(predictions, datasets.val, strict=True):
+            masks = np.asarray(prediction["masks"], dtype=np.int64)
+            pred = np.stack([to_index[masks[..., 0]], masks[..., 1]], axis=-1)
+            accumulator.update(torch.from_numpy(pred), sample["target"], sample["crowd"])
+        pq[precision] = accumulator.compute()["All"]["pq"] * 100
+    assert pq["fp32"] >= MIN_TRAINED_PQ * 100
+    assert abs(pq["fp16"] - pq["fp32"]) <= 0.5, pq
