@@ -264,3 +264,30 @@ def test_bad_precision_and_unavailable_devices_are_rejected(tiny_model_file: Pat
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             load_model(tiny_model_file, device="cuda")
+
+
+def test_a_registry_model_loads_weights_the_user_downloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_file: Path
+) -> None:
+    # Offline, the COCO-fine-tuned names cannot fetch their weights: the error says how to
+    # provide them, and `weights=` then loads them into the named architecture with COCO classes.
+    monkeypatch.setenv("PANOPTIC_TRAIN_CACHE", str(tmp_path / "empty_cache"))
+    name = "dinov3/vits16-eomt-panoptic-coco"
+    with pytest.raises(WeightsError, match=r"weights= in load_model"):
+        load_model(name, device="cpu")
+
+    from panoptic_train.models.registry import create_model
+
+    torch.manual_seed(3)
+    network = create_model(name, num_classes=133, backbone_weights=None)
+    weights_file = tmp_path / "coco_vits16.pt"
+    torch.save(network.state_dict(), weights_file)
+
+    model = load_model(name, device="cpu", weights=weights_file)
+    assert len(model.classes) == 133 and model.classes[1] == "person"
+    loaded = model.network.state_dict()
+    for key, value in network.state_dict().items():
+        assert torch.equal(loaded[key], value), key
+
+    with pytest.raises(ConfigError, match="carries its own weights"):
+        load_model(tiny_model_file, weights=weights_file)

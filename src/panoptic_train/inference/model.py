@@ -224,6 +224,7 @@ def load_model(
     *,
     precision: Precision = "auto",
     compile: bool = False,
+    weights: str | os.PathLike[str] | None = None,
 ) -> PanopticSegmentationModel:
     """Load an exported model (`exported_*.pt`), a training checkpoint (`.ckpt`) or a
     COCO-fine-tuned registry model (`dinov3/...-eomt-panoptic-coco`) for prediction.
@@ -233,10 +234,18 @@ def load_model(
     precision: "auto" runs fp32 on CPU and bf16 (fp16 where bf16 is unsupported) autocast on
         CUDA; "fp32", "fp16" or "bf16" force one.
     compile: wrap the network in `torch.compile` (pays off for many images of one batch size).
+    weights: for a registry name, a local path or URL of its network weights in any layout the
+        models package reads (e.g. the EoMT authors' COCO panoptic files) instead of the default
+        source; files carry their own weights, so it is an error with a file.
     """
     options: dict[str, Any] = {"device": device, "precision": precision, "compile": compile}
     path = Path(path_or_name)
     if path.is_file():
+        if weights is not None:
+            raise ConfigError(
+                f"weights={str(weights)!r} was given with the model file '{path}', which carries "
+                "its own weights. Pass weights= only with a registry model name."
+            )
         exported = ExportedModel.from_dict(read_model_dict(path), source=f"'{path}'")
         return PanopticSegmentationModel(
             exported.build_network(),
@@ -248,10 +257,12 @@ def load_model(
             postprocess=exported.postprocess,
             **options,
         )
-    return _load_registry_model(str(path_or_name), options)
+    return _load_registry_model(str(path_or_name), weights, options)
 
 
-def _load_registry_model(name: str, options: dict[str, Any]) -> PanopticSegmentationModel:
+def _load_registry_model(
+    name: str, weights: str | os.PathLike[str] | None, options: dict[str, Any]
+) -> PanopticSegmentationModel:
     from panoptic_train.models import registry
 
     if not registry.is_model_name(name):
@@ -271,7 +282,9 @@ def _load_registry_model(name: str, options: dict[str, Any]) -> PanopticSegmenta
             "load a fine-tuned model such as 'dinov3/vits16-eomt-panoptic-coco'."
         )
     info = registry.get_model_info(name)
-    network = registry.create_model(name, num_classes=len(classes))
+    network = registry.create_model(
+        name, num_classes=len(classes), backbone_weights="default" if weights is None else weights
+    )
     return PanopticSegmentationModel(
         network, ClassMapping.from_list(classes), model_name=info.name, **options
     )

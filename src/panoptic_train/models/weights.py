@@ -127,7 +127,8 @@ def coco_source(info: ModelInfo) -> WeightSource:
         hint = (
             f" The EoMT authors publish ViT-L 640 COCO panoptic weights at {_EOMT_AUTHORS_L640} "
             "(transformers EomtDinov3 layout, stored as differences to the DINOv3 ViT-L "
-            "weights); download its weights file and pass backbone_weights=<that file>: the "
+            "weights); download its weights file and pass it as weights=<that file> to load_model "
+            "(backbone_weights=<that file> to create_model or in model_args): the "
             "differences are added to the default ViT-L backbone automatically."
         )
     return WeightSource(
@@ -148,7 +149,8 @@ def cache_dir() -> Path:
 def _unavailable_error(source: WeightSource, reason: str) -> WeightsError:
     target = cache_dir() / source.filename
     return WeightsError(
-        f"{reason} Point backbone_weights=<path or URL> at a local copy of the weights, or "
+        f"{reason} Point backbone_weights=<path or URL> (weights= in load_model) at a local "
+        "copy of the weights, or "
         f"place the file at {target} (the cache directory is set by the {CACHE_ENV} "
         "environment variable), or pass backbone_weights=None for a random initialisation."
     )
