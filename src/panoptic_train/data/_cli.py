@@ -24,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="category ids treated as void (as data.ignore_classes in training)",
     )
     parser.add_argument(
+        "--allow-unlabeled",
+        action="store_true",
+        help="accept images without annotation as all-void negatives (as data.allow_unlabeled)",
+    )
+    parser.add_argument(
         "--num-workers",
         type=int,
         default=0,
@@ -39,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         args.masks,
         args.annotations,
         ignore_classes=args.ignore_classes,
+        allow_unlabeled=args.allow_unlabeled,
         num_workers=args.num_workers,
     )
     for warning in report.warnings:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from panoptic_train.data._parallel import map_in_processes
 from panoptic_train.data.coco import (
+    Category,
     PanopticIndex,
     PanopticSample,
     format_problems,
@@ -66,29 +68,40 @@ class DataReport:
         crowd = Counter(
             s.category_id for sample in index.samples for s in sample.segments if s.iscrowd
         )
-        ignored = set(index.ignore_classes)
+        unlabeled = sum(sample.mask_path is None for sample in index.samples)
+        unlabeled_note = f" ({unlabeled} unlabelled: all void)" if unlabeled else ""
         lines = [
-            f"Dataset '{index.annotations_path}': {len(index.samples)} images, "
+            f"Dataset '{index.annotations_path}': {len(index.samples)} images{unlabeled_note}, "
             f"{sum(segments.values())} segments ({sum(crowd.values())} crowd), "
             f"{len(index.categories)} categories "
             f"({sum(c.isthing for c in index.categories)} things, "
             f"{sum(not c.isthing for c in index.categories)} stuff).",
-            f"  {'id':>6}  {'name':<24} {'kind':<6} {'segments':>9} {'crowd':>6}",
+            *class_table(index.categories, segments, crowd, index.ignore_classes),
         ]
-        for category in index.categories:
-            kind = "thing" if category.isthing else "stuff"
-            note = "  (ignored: void)" if category.id in ignored else ""
-            lines.append(
-                f"  {category.id:>6}  {category.name:<24} {kind:<6} "
-                f"{segments[category.id]:>9} {crowd[category.id]:>6}{note}"
-            )
-        things = {c.id for c in index.categories if c.isthing}
-        thing_count = sum(n for c, n in segments.items() if c in things)
-        lines.append(
-            f"  things: {thing_count} segments, stuff: {sum(segments.values()) - thing_count} "
-            "segments"
-        )
         return "\n".join(lines)
+
+
+def class_table(
+    categories: Sequence[Category],
+    segments: Mapping[int, int],
+    crowd: Mapping[int, int],
+    ignored: Collection[int] = (),
+) -> list[str]:
+    """Lines of a per-class table (segments and crowd segments per category id) and totals."""
+    lines = [f"  {'id':>6}  {'name':<24} {'kind':<6} {'segments':>9} {'crowd':>6}"]
+    for category in categories:
+        kind = "thing" if category.isthing else "stuff"
+        note = "  (ignored: void)" if category.id in ignored else ""
+        lines.append(
+            f"  {category.id:>6}  {category.name:<24} {kind:<6} "
+            f"{segments.get(category.id, 0):>9} {crowd.get(category.id, 0):>6}{note}"
+        )
+    things = {c.id for c in categories if c.isthing}
+    thing_count = sum(n for c, n in segments.items() if c in things)
+    lines.append(
+        f"  things: {thing_count} segments, stuff: {sum(segments.values()) - thing_count} segments"
+    )
+    return lines
 
 
 @dataclass(frozen=True)
@@ -103,23 +116,30 @@ def check_dataset(
     annotations: PathLike,
     *,
     ignore_classes: Iterable[int] = (),
+    allow_unlabeled: bool = False,
     decode_images: bool = True,
     num_workers: int = 0,
 ) -> DataReport:
     """Check a COCO panoptic dataset completely and report every problem, without raising.
 
     With `decode_images=False` images are only opened for their size (corrupt pixel data is then
-    found when a sample is loaded); masks are always decoded. `num_workers` > 0 spreads the
-    per-sample checks over that many processes.
+    found when a sample is loaded); masks are always decoded. `allow_unlabeled` accepts images
+    without annotation as all-void samples. `num_workers` > 0 spreads the per-sample checks
+    over that many processes.
     """
     try:
         index, errors = scan_panoptic_index(
-            images, masks, annotations, ignore_classes=ignore_classes
+            images,
+            masks,
+            annotations,
+            ignore_classes=ignore_classes,
+            allow_unlabeled=allow_unlabeled,
         )
     except DataError as error:
         return DataReport(index=None, errors=[str(error)])
     report = DataReport(index=index, errors=errors)
-    for result in _map_samples(index.samples, decode_images, num_workers):
+    check = partial(_check_sample, decode_images=decode_images)
+    for result in map_in_processes(check, index.samples, num_workers):
         report.errors.extend(result.errors)
         report.warnings.extend(result.warnings)
     # Only meaningful once every JSON image became a sample (else broken entries look unlisted).
@@ -131,18 +151,6 @@ def check_dataset(
             f"not be used (e.g. {named}). Add them to the JSON if they should be."
         )
     return report
-
-
-def _map_samples(
-    samples: tuple[PanopticSample, ...], decode_images: bool, num_workers: int
-) -> Iterator[_SampleResult]:
-    if num_workers <= 0 or len(samples) < 2:
-        for sample in samples:
-            yield _check_sample(sample, decode_images)
-        return
-    chunk = max(1, min(64, len(samples) // (4 * num_workers)))
-    with ProcessPoolExecutor(max_workers=num_workers) as pool:
-        yield from pool.map(_check_sample, samples, [decode_images] * len(samples), chunksize=chunk)
 
 
 def _check_sample(sample: PanopticSample, decode_images: bool = True) -> _SampleResult:
@@ -158,6 +166,11 @@ def _check_sample(sample: PanopticSample, decode_images: bool = True) -> _Sample
     except DataError as error:
         errors.append(str(error))
         image_size = None
+    if sample.mask_path is None:
+        # Unlabelled (allow_unlabeled): all void, so only the JSON size can disagree.
+        if image_size is not None and tuple(image_size) != (sample.height, sample.width):
+            errors.append(_json_size_error(sample, sample.image_path, image_size))
+        return _SampleResult(tuple(errors), ())
     try:
         ids = load_segment_ids(sample.mask_path)
     except DataError as error:
@@ -171,11 +184,7 @@ def _check_sample(sample: PanopticSample, decode_images: bool = True) -> _Sample
             "image's size (as displayed, after EXIF orientation); regenerate the mask."
         )
     elif (sample.height, sample.width) != ids.shape:
-        errors.append(
-            f"The JSON gives image id {sample.image_id!r} the size {sample.height}x"
-            f"{sample.width} (HxW), but '{sample.mask_path}' is {ids.shape[0]}x{ids.shape[1]}. "
-            "Fix 'height'/'width' in the JSON's 'images' entry."
-        )
+        errors.append(_json_size_error(sample, sample.mask_path, ids.shape))
 
     present, counts = np.unique(ids, return_counts=True)
     pixels = dict(zip(present.tolist(), counts.tolist(), strict=True))
@@ -205,6 +214,14 @@ def _check_sample(sample: PanopticSample, decode_images: bool = True) -> _Sample
                 "set 'area' to the pixel count."
             )
     return _SampleResult(tuple(errors), tuple(warnings))
+
+
+def _json_size_error(sample: PanopticSample, path: Path, size: Sequence[int]) -> str:
+    return (
+        f"The JSON gives image id {sample.image_id!r} the size {sample.height}x"
+        f"{sample.width} (HxW), but '{path}' is {size[0]}x{size[1]}. "
+        "Fix 'height'/'width' in the JSON's 'images' entry."
+    )
 
 
 def _unlisted_images(images_dir: Path, index: PanopticIndex) -> list[str]:

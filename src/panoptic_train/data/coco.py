@@ -44,9 +44,12 @@ class Segment:
 
 @dataclass(frozen=True)
 class PanopticSample:
+    """One image and its mask; `mask_path` is None for an unlabelled image (`allow_unlabeled`),
+    whose pixels are all void."""
+
     image_id: int | str
     image_path: Path
-    mask_path: Path
+    mask_path: Path | None
     height: int
     width: int
     segments: tuple[Segment, ...]
@@ -316,21 +319,22 @@ def _parse_images(raw: list[Any], problems: list[str]) -> dict[Any, dict[str, An
 def _locate_sample(
     image_id: int | str,
     image_entry: dict[str, Any],
-    mask_name: str,
+    mask_path: Path | None,
     segments: tuple[Segment, ...],
-    folders: tuple[Path, Path],
+    images_dir: Path,
     problems: list[str],
 ) -> PanopticSample | None:
-    """The sample of one annotation if its image and mask files exist (else problems noted)."""
-    images_dir, masks_dir = folders
+    """The sample of one image if its image and mask files exist (else problems noted).
+
+    `mask_path` None is an unlabelled image: only the image must exist.
+    """
     image_path = find_image_file(images_dir, image_entry["file_name"])
-    mask_path = masks_dir / mask_name
     if image_path is None:
         problems.append(
             f"Image '{images_dir / image_entry['file_name']}' (image id {image_id!r}) does "
             "not exist. Add the image or remove its entries from the JSON."
         )
-    if not mask_path.is_file():
+    if mask_path is not None and not mask_path.is_file():
         problems.append(
             f"Mask '{mask_path}' (image id {image_id!r}) does not exist. Add the mask PNG or "
             "remove its entries from the JSON."
@@ -361,14 +365,18 @@ def read_panoptic_index(
     annotations: PathLike,
     *,
     ignore_classes: Iterable[int] = (),
+    allow_unlabeled: bool = False,
 ) -> PanopticIndex:
     """Read and validate a COCO panoptic dataset's JSON and file layout (no pixel decoding).
 
     Raises DataError listing every problem found: malformed or incomplete JSON, duplicate image
-    ids or file names, unknown category ids, images without annotation (or the reverse), missing
+    ids or file names, unknown category ids, images without annotation (unless
+    `allow_unlabeled`: then they are all-void samples) or annotations without image, missing
     image or mask files, an empty dataset, unknown `ignore_classes`.
     """
-    index, problems = scan_panoptic_index(images, masks, annotations, ignore_classes=ignore_classes)
+    index, problems = scan_panoptic_index(
+        images, masks, annotations, ignore_classes=ignore_classes, allow_unlabeled=allow_unlabeled
+    )
     if problems:
         raise DataError(format_problems(index.annotations_path, problems))
     return index
@@ -380,6 +388,7 @@ def scan_panoptic_index(
     annotations: PathLike,
     *,
     ignore_classes: Iterable[int] = (),
+    allow_unlabeled: bool = False,
 ) -> tuple[PanopticIndex, list[str]]:
     """The index of the usable samples and the list of problems found (see read_panoptic_index).
 
@@ -448,21 +457,28 @@ def scan_panoptic_index(
             sample = _locate_sample(
                 image_id,
                 image_entries[image_id],
-                file_name,
+                masks_dir / file_name,
                 tuple(s for s in segments if s is not None),
-                (images_dir, masks_dir),
+                images_dir,
                 problems,
             )
             if sample is not None:
                 samples.append(sample)
 
     for image_id, entry in image_entries.items():
-        if image_id not in annotated:
+        if image_id in annotated:
+            continue
+        if not allow_unlabeled:
             problems.append(
                 f"Image '{entry['file_name']}' (image id {image_id!r}) has no entry in "
-                f"'annotations' of '{annotations_path}'. Add its segments_info and mask, or "
-                "remove the image from 'images'."
+                f"'annotations' of '{annotations_path}'. Add its segments_info and mask, remove "
+                "the image from 'images', or set data.allow_unlabeled to use it as an all-void "
+                "negative."
             )
+        elif check_files:
+            sample = _locate_sample(image_id, entry, None, (), images_dir, problems)
+            if sample is not None:
+                samples.append(sample)
     if not content["images"]:
         problems.append(
             f"'{annotations_path}' lists no images: the dataset is empty. Point 'annotations' "

@@ -70,11 +70,13 @@ class SplitArgs(StrictModel):
 
 
 class DataArgs(StrictModel):
-    """The `data` argument: train and val splits; `ignore_classes` are category ids made void."""
+    """The `data` argument: train and val splits; `ignore_classes` are category ids made void;
+    `allow_unlabeled` turns images without annotation into all-void negatives (else an error)."""
 
     train: SplitArgs
     val: SplitArgs
     ignore_classes: tuple[int, ...] = ()
+    allow_unlabeled: bool = False
 
 
 def load_data_args(data: DataArgs | dict[str, Any] | PathLike) -> DataArgs:
@@ -111,9 +113,7 @@ def load_data_args(data: DataArgs | dict[str, Any] | PathLike) -> DataArgs:
             + "\nFix the paths in the 'data' argument (relative paths are taken from "
             + ("the data file's folder)." if base != Path() else "the working directory).")
         )
-    return DataArgs(
-        train=resolved["train"], val=resolved["val"], ignore_classes=args.ignore_classes
-    )
+    return args.model_copy(update=resolved)
 
 
 def _read_config_file(path: Path) -> Any:

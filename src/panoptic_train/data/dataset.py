@@ -29,7 +29,11 @@ from panoptic_train.errors import DataError
 
 @dataclass(frozen=True)
 class _SegmentTable:
-    """One image's segments as arrays sorted by segment id, for vectorised pixel lookups."""
+    """One image's segments as arrays sorted by segment id, for vectorised pixel lookups.
+
+    Entry 0 is void (id 0, class -1, not crowd), so every valid pixel has an entry, also in
+    images without segments.
+    """
 
     ids: torch.Tensor  # int32 (K,), sorted
     classes: torch.Tensor  # int64 (K,), contiguous class index, -1 for ignored categories
@@ -48,9 +52,12 @@ class _PanopticDataset(Dataset[dict[str, Any]]):
         return len(self.index.samples)
 
     def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(3, H, W) uint8 image and (H, W) int32 segment ids of sample `i`."""
+        """(3, H, W) uint8 image and (H, W) int32 segment ids of sample `i` (all 0 = void for an
+        unlabelled image)."""
         sample = self.index.samples[i]
         image = torch.from_numpy(load_image(sample.image_path)).permute(2, 0, 1).contiguous()
+        if sample.mask_path is None:
+            return image, torch.zeros(image.shape[1:], dtype=torch.int32)
         ids = torch.from_numpy(load_segment_ids(sample.mask_path))
         if image.shape[1:] != ids.shape:
             raise DataError(
@@ -60,19 +67,14 @@ class _PanopticDataset(Dataset[dict[str, Any]]):
             )
         return image, ids
 
-    def _lookup(self, i: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Position of each pixel's segment in the table, and whether the pixel has one.
+    def _lookup(self, i: int, ids: torch.Tensor) -> torch.Tensor:
+        """Position of each pixel's segment in the table (void and padding, id < 0: entry 0).
 
         Raises DataError for segment ids in the PNG that `segments_info` does not list.
         """
         table = self._tables[i]
-        if table.ids.numel() == 0:
-            position = torch.zeros(ids.shape, dtype=torch.int64)
-            found = torch.zeros(ids.shape, dtype=torch.bool)
-        else:
-            position = torch.searchsorted(table.ids, ids).clamp_(max=table.ids.numel() - 1)
-            found = table.ids[position] == ids
-        unknown = (ids > 0) & ~found
+        position = torch.searchsorted(table.ids, ids).clamp_(max=table.ids.numel() - 1)
+        unknown = (ids > 0) & (table.ids[position] != ids)
         if bool(unknown.any()):
             sample = self.index.samples[i]
             values = torch.unique(ids[unknown])[:10].tolist()
@@ -82,16 +84,18 @@ class _PanopticDataset(Dataset[dict[str, Any]]):
                 f"'{self.index.annotations_path}'. "
                 "Add those segments to the JSON or set their pixels to 0 (void)."
             )
-        return position, found
+        return position
 
 
 def _segment_table(segments: Iterable[Segment], classes: ClassMapping) -> _SegmentTable:
     ordered = sorted(segments, key=lambda segment: segment.id)
     class_of = {category_id: index for index, category_id in enumerate(classes.class_ids)}
     return _SegmentTable(
-        ids=torch.tensor([s.id for s in ordered], dtype=torch.int32),
-        classes=torch.tensor([class_of.get(s.category_id, -1) for s in ordered], dtype=torch.int64),
-        crowd=torch.tensor([s.iscrowd for s in ordered], dtype=torch.bool),
+        ids=torch.tensor([0, *(s.id for s in ordered)], dtype=torch.int32),
+        classes=torch.tensor(
+            [-1, *(class_of.get(s.category_id, -1) for s in ordered)], dtype=torch.int64
+        ),
+        crowd=torch.tensor([False, *(s.iscrowd for s in ordered)], dtype=torch.bool),
     )
 
 
@@ -111,11 +115,11 @@ class PanopticTrainDataset(_PanopticDataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         image, ids = self._load(i)
         image, ids = self.transform(image, ids)
-        position, found = self._lookup(i, ids)
+        position = self._lookup(i, ids)
         table = self._tables[i]
         trainable = (table.classes >= 0) & ~table.crowd
         present = torch.zeros(table.ids.numel(), dtype=torch.bool)
-        present[position[found]] = True
+        present[position] = True
         kept = torch.nonzero(trainable & present).squeeze(1)
         masks = ids.unsqueeze(0) == table.ids[kept].view(-1, 1, 1)
         return {
@@ -145,9 +149,9 @@ class PanopticValDataset(_PanopticDataset):
         inputs, resized_size = resize_and_pad(
             image, self.image_size, self.normalize.mean, self.normalize.std
         )
-        position, found = self._lookup(i, ids)
+        position = self._lookup(i, ids)
         table = self._tables[i]
-        class_index = torch.where(found, table.classes[position], -1)
+        class_index = table.classes[position]
         labelled = class_index >= 0
         segment_id = torch.where(labelled, ids.long(), -1)
         return {
@@ -199,12 +203,12 @@ def build_datasets(
     The classes come from the train JSON's categories minus `ignore_classes`, unless `classes`
     is given (e.g. to keep a fine-tuned model's class order). With `check_pixels` every mask is
     decoded first (spread over `num_workers` processes) so that bad data fails before training
-    starts. Raises DataError listing the problems of a split, or if a split uses a category the
-    classes do not know.
+    starts. With `data.allow_unlabeled`, images without annotation are all-void samples: in
+    training they teach the network to predict "no object" everywhere. Raises DataError listing
+    the problems of a split, or if a split uses a category the classes do not know.
     """
     indices = [
-        _read_split(split, data.ignore_classes, check_pixels, num_workers)
-        for split in (data.train, data.val)
+        _read_split(split, data, check_pixels, num_workers) for split in (data.train, data.val)
     ]
     train_index, val_index = indices
     if classes is None:
@@ -221,17 +225,22 @@ def build_datasets(
 
 
 def _read_split(
-    split: SplitArgs, ignore_classes: tuple[int, ...], check_pixels: bool, num_workers: int
+    split: SplitArgs, data: DataArgs, check_pixels: bool, num_workers: int
 ) -> PanopticIndex:
     if not check_pixels:
         return read_panoptic_index(
-            split.images, split.masks, split.annotations, ignore_classes=ignore_classes
+            split.images,
+            split.masks,
+            split.annotations,
+            ignore_classes=data.ignore_classes,
+            allow_unlabeled=data.allow_unlabeled,
         )
     report = check_dataset(
         split.images,
         split.masks,
         split.annotations,
-        ignore_classes=ignore_classes,
+        ignore_classes=data.ignore_classes,
+        allow_unlabeled=data.allow_unlabeled,
         decode_images=False,
         num_workers=num_workers,
     )
