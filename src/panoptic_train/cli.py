@@ -3,6 +3,10 @@
 Each subcommand lives beside the code it drives, in a `_cli` module exposing
 `HELP: str`, `add_arguments(parser)` and `run(args) -> int`. Those modules import nothing heavy
 at module level, so `panoptic-train --help` answers instantly.
+
+Exit codes, the same for every command: 0 done; 1 done, but some inputs failed (reported);
+2 bad arguments or data (one `error:` line, no traceback); 3 an output cannot be written (the
+line names the path and the OS's reason); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,7 +16,13 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from panoptic_train.errors import PanopticTrainError
+from panoptic_train.errors import OutputError, PanopticTrainError
+
+EXIT_OK = 0
+EXIT_SOME_INPUTS_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_CANNOT_WRITE = 3
+EXIT_INTERRUPTED = 130
 
 # subcommand -> module implementing it
 COMMANDS: dict[str, str] = {
@@ -43,14 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args._run(args) or 0)
+        return int(args._run(args) or EXIT_OK)
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except OutputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CANNOT_WRITE
     except (PanopticTrainError, FileNotFoundError) as error:
         # User-facing errors carry their own explanation; a traceback would only hide it.
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except OSError as error:
+        # Outputs are written through panoptic_train._io, whose errors are OutputError; what
+        # is left is a write of a library (loggers' files, caches): the OS's reason is the news.
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CANNOT_WRITE
 
 
 if __name__ == "__main__":

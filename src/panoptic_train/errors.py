@@ -24,6 +24,14 @@ class MissingDependencyError(PanopticTrainError, ImportError):
     """An optional dependency is needed; the message names the extra to install."""
 
 
+class OutputError(PanopticTrainError, OSError):
+    """An output that cannot be written: a read-only or full filesystem, missing permissions, a
+    file where a folder should be (or the reverse). The message names the path and the OS error.
+
+    An OSError, so that code catching write failures as OSError keeps working.
+    """
+
+
 def require(module: str, extra: str, purpose: str) -> object:
     """Import an optional dependency or explain which extra provides it."""
     import importlib

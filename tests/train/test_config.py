@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from panoptic_train.errors import ConfigError
+from panoptic_train.train.api import model_defaults
 from panoptic_train.train.config import (
     LoggerArgs,
     ModelArgs,
@@ -52,3 +53,24 @@ def test_turning_a_logger_off() -> None:
 def test_not_a_dict() -> None:
     with pytest.raises(ConfigError, match="model_args must be a dict"):
         parse_config(ModelArgs, "lr=1", "model_args")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("model", "steps", "size"),
+    [
+        ("dinov3/vitt16-eomt", 360_000, (640, 640)),
+        ("dinov3/vitt16plus-eomt-panoptic-coco", 360_000, (640, 640)),
+        ("dinov3/vits16-eomt", 180_000, (640, 640)),
+        ("dinov3/vitb16-eomt-panoptic-coco", 180_000, (640, 640)),
+        ("dinov3/vitl16-eomt", 90_000, (640, 640)),
+        ("dinov3/vitl16-eomt-panoptic-coco-1280", 90_000, (1280, 1280)),
+        ("dinov3/vit7b16-eomt", 90_000, (640, 640)),
+    ],
+)
+def test_auto_steps_and_size_follow_the_published_protocol(
+    model: str, steps: int, size: tuple[int, int]
+) -> None:
+    """48 / 24 / 12 COCO epochs at batch 16 for T / S, B / L and larger; the 1280 model trains
+    at 1280 unless transform_args says otherwise."""
+    defaults = model_defaults(model)
+    assert (defaults.steps, defaults.image_size) == (steps, size)

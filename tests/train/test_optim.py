@@ -45,13 +45,21 @@ def test_default_warmup_scales_with_short_runs() -> None:
 
 
 def test_annealing_windows_follow_the_recipe() -> None:
-    # 3 joint blocks -> 5 phases of 18 000 steps; the last phase has no masking.
-    assert default_annealing_windows(3, 90_000, 3000) == [
+    # EoMT's COCO panoptic ViT-S config (24 epochs x 7391 steps = 177 384): blocks 1 and 2
+    # anneal over steps 73 910-103 474 and 118 256-147 820; block 0 over the backbone warmup.
+    assert default_annealing_windows(3, 177_384, 3000) == [
         (0, 3000),
-        (36_000, 54_000),
-        (54_000, 72_000),
+        (73_910, 103_474),
+        (118_256, 147_820),
     ]
-    assert default_annealing_windows(4, 60, 2) == [(0, 2), (20, 30), (30, 40), (40, 50)]
+    # EoMT's ViT-L config (12 epochs = 88 692 steps, 6 phases of 14 782): blocks 1-3 in phases
+    # 2-4 (the config's windows for its blocks 1-3), the last phase unmasked.
+    assert default_annealing_windows(4, 88_692, 3000) == [
+        (0, 3000),
+        (29_564, 44_346),
+        (44_346, 59_128),
+        (59_128, 73_910),
+    ]
 
 
 def test_attn_mask_probability() -> None:

@@ -137,31 +137,42 @@ class ClassMapping:
         )
 
 
-def format_problems(annotations: Path, messages: Sequence[str]) -> str:
-    """One error text for many problems, capped so a broken COCO-sized dataset stays readable."""
+_LIST_ALL_HINT = (
+    "List all of them with: panoptic-train check-data --images DIR --masks DIR --annotations FILE"
+)
+
+
+def format_problems(
+    annotations: Path, messages: Sequence[str], overflow_hint: str = _LIST_ALL_HINT
+) -> str:
+    """One error text for many problems, capped so a broken COCO-sized dataset stays readable;
+    `overflow_hint` tells what to do about the problems left out."""
     shown = messages[:_MAX_PROBLEMS_IN_ERROR]
     lines = [f"{len(messages)} problem(s) in the dataset of '{annotations}':"]
     lines += [f"  - {message}" for message in shown]
     if len(messages) > len(shown):
-        lines.append(
-            f"  ... and {len(messages) - len(shown)} more. List all of them with: "
-            "panoptic-train check-data --images DIR --masks DIR --annotations FILE"
-        )
+        lines.append(f"  ... and {len(messages) - len(shown)} more. {overflow_hint}")
     return "\n".join(lines)
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """A JSON integer (JSON booleans load as Python bools, which are ints too)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_flag(value: Any) -> bool:
+def is_flag(value: Any) -> bool:
+    """A JSON 0/1 flag such as `iscrowd` or `isthing` (true/false accepted too)."""
     return isinstance(value, bool) or value in (0, 1)
 
 
-def _load_json(annotations: Path) -> dict[str, Any]:
+def load_coco_json(annotations: Path, kind: str = "COCO panoptic") -> dict[str, Any]:
+    """A COCO-style JSON object with the lists 'images', 'annotations' and 'categories'.
+
+    `kind` names the expected file in messages ("COCO panoptic", "COCO instances", ...).
+    """
     if not annotations.is_file():
         raise DataError(
-            f"Annotation file '{annotations}' does not exist. Pass the COCO panoptic JSON "
+            f"Annotation file '{annotations}' does not exist. Pass the {kind} JSON "
             "(e.g. annotations/train.json) as 'annotations'."
         )
     try:
@@ -176,8 +187,8 @@ def _load_json(annotations: Path) -> dict[str, Any]:
         raise DataError(f"Cannot read annotation file '{annotations}': {error}.") from error
     if not isinstance(content, dict):
         raise DataError(
-            f"Annotation file '{annotations}' holds a JSON {type(content).__name__}, but COCO "
-            "panoptic annotations are an object with 'images', 'annotations' and 'categories'."
+            f"Annotation file '{annotations}' holds a JSON {type(content).__name__}, but {kind} "
+            "annotations are an object with 'images', 'annotations' and 'categories'."
         )
     missing = [key for key in ("images", "annotations", "categories") if key not in content]
     wrong = [
@@ -192,8 +203,8 @@ def _load_json(annotations: Path) -> dict[str, Any]:
         if wrong:
             details.append(f"the key(s) {wrong} are not lists")
         raise DataError(
-            f"Annotation file '{annotations}' is incomplete: {' and '.join(details)}. A COCO "
-            "panoptic JSON has the lists 'images', 'annotations' and 'categories'."
+            f"Annotation file '{annotations}' is incomplete: {' and '.join(details)}. A {kind} "
+            "JSON has the lists 'images', 'annotations' and 'categories'."
         )
     return content
 
@@ -208,11 +219,11 @@ def _parse_categories(raw: list[Any], problems: list[str]) -> list[Category]:
             continue
         category_id, name, isthing = entry.get("id"), entry.get("name"), entry.get("isthing")
         bad = []
-        if not _is_int(category_id):
+        if not is_int(category_id):
             bad.append(f"'id' {category_id!r} is not an integer")
         if not isinstance(name, str):
             bad.append(f"'name' {name!r} is not a string")
-        if not _is_flag(isthing):
+        if not is_flag(isthing):
             bad.append(f"'isthing' {isthing!r} is not 0/1")
         if bad:
             problems.append(f"{where}: {'; '.join(bad)}. Fix that category entry.")
@@ -227,7 +238,7 @@ def _parse_categories(raw: list[Any], problems: list[str]) -> list[Category]:
         color = entry.get("color")
         color_tuple = (
             (int(color[0]), int(color[1]), int(color[2]))
-            if isinstance(color, list) and len(color) == 3 and all(_is_int(c) for c in color)
+            if isinstance(color, list) and len(color) == 3 and all(is_int(c) for c in color)
             else None
         )
         categories.append(Category(category_id, name, bool(isthing), color_tuple))
@@ -245,19 +256,19 @@ def _parse_segment(
     segment_id, category_id = entry.get("id"), entry.get("category_id")
     iscrowd, area, bbox = entry.get("iscrowd", 0), entry.get("area"), entry.get("bbox")
     bad = []
-    if not _is_int(segment_id) or not 0 < segment_id <= MAX_SEGMENT_ID:
+    if not is_int(segment_id) or not 0 < segment_id <= MAX_SEGMENT_ID:
         bad.append(
             f"segment 'id' {segment_id!r} is not an integer in 1..{MAX_SEGMENT_ID} "
             "(0 is void in the PNG)"
         )
-    if not _is_int(category_id):
+    if not is_int(category_id):
         bad.append(f"'category_id' {category_id!r} is not an integer")
     elif category_id not in category_ids:
         bad.append(
             f"'category_id' {category_id} is not in 'categories' (ids {sorted(category_ids)}); "
             "add the category or fix the id"
         )
-    if not _is_flag(iscrowd):
+    if not is_flag(iscrowd):
         bad.append(f"'iscrowd' {iscrowd!r} is not 0/1")
     if area is not None and not (isinstance(area, int | float) and area >= 0):
         bad.append(f"'area' {area!r} is not a non-negative number")
@@ -278,7 +289,8 @@ def _parse_segment(
     )
 
 
-def _parse_images(raw: list[Any], problems: list[str]) -> dict[Any, dict[str, Any]]:
+def parse_images(raw: list[Any], problems: list[str]) -> dict[Any, dict[str, Any]]:
+    """The valid entries of a COCO 'images' list by image id; the others noted in `problems`."""
     images: dict[Any, dict[str, Any]] = {}
     file_names: dict[str, Any] = {}
     for position, entry in enumerate(raw):
@@ -289,12 +301,12 @@ def _parse_images(raw: list[Any], problems: list[str]) -> dict[Any, dict[str, An
         image_id, file_name = entry.get("id"), entry.get("file_name")
         height, width = entry.get("height"), entry.get("width")
         bad = []
-        if not (_is_int(image_id) or isinstance(image_id, str)):
+        if not (is_int(image_id) or isinstance(image_id, str)):
             bad.append(f"'id' {image_id!r} is not an integer or string")
         if not isinstance(file_name, str) or not file_name:
             bad.append(f"'file_name' {file_name!r} is not a file name")
         for key, value in (("height", height), ("width", width)):
-            if value is not None and not (_is_int(value) and value > 0):
+            if value is not None and not (is_int(value) and value > 0):
                 bad.append(f"'{key}' {value!r} is not a positive integer")
         if bad:
             problems.append(f"{where}: {'; '.join(bad)}. Fix that entry.")
@@ -395,7 +407,7 @@ def scan_panoptic_index(
     Only a JSON that cannot be read at all raises (DataError): nothing else can be checked then.
     """
     images_dir, masks_dir, annotations_path = Path(images), Path(masks), Path(annotations)
-    content = _load_json(annotations_path)
+    content = load_coco_json(annotations_path)
     problems: list[str] = []
     for name, directory in (("images", images_dir), ("masks", masks_dir)):
         if not directory.is_dir():
@@ -409,7 +421,7 @@ def scan_panoptic_index(
             f"ignore_classes {unknown_ignored} are not category ids of '{annotations_path}' "
             f"(ids {sorted(category_ids)}). Remove them or fix the ids."
         )
-    image_entries = _parse_images(content["images"], problems)
+    image_entries = parse_images(content["images"], problems)
     check_files = images_dir.is_dir() and masks_dir.is_dir()
 
     samples: list[PanopticSample] = []
@@ -423,7 +435,7 @@ def scan_panoptic_index(
         image_id, file_name = entry.get("image_id"), entry.get("file_name")
         segments_raw = entry.get("segments_info")
         bad = []
-        if not (_is_int(image_id) or isinstance(image_id, str)) or image_id not in image_entries:
+        if not (is_int(image_id) or isinstance(image_id, str)) or image_id not in image_entries:
             bad.append(
                 f"'image_id' {image_id!r} is not an id in 'images' (add an 'images' entry for "
                 "it or remove this annotation)"

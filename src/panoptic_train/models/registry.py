@@ -29,6 +29,17 @@ _JOINT_BLOCKS: dict[str, int] = {
     "vit7b16": 5,
 }
 
+# Training steps of the published COCO protocol at batch 16 (7 393 steps an epoch): 48 epochs for
+# the tiny backbones, 24 for S, S+ and B, 12 for L and larger.
+_COCO_STEPS: dict[str, int] = {
+    "vitt16": 360_000,
+    "vitt16plus": 360_000,
+    "vits16": 180_000,
+    "vits16plus": 180_000,
+    "vitb16": 180_000,
+}
+_COCO_STEPS_LARGE = 90_000
+
 # Backbones with a COCO panoptic fine-tuned model in the spec's list.
 _COCO_BACKBONES = ("vitt16", "vitt16plus", "vits16", "vitb16", "vitl16")
 
@@ -58,6 +69,11 @@ class ModelInfo:
     image_size: tuple[int, int]
     num_joint_blocks: int
     coco_panoptic: bool
+
+    @property
+    def default_steps(self) -> int:
+        """`steps="auto"`: the length of the published COCO protocol for this backbone size."""
+        return _COCO_STEPS.get(self.backbone, _COCO_STEPS_LARGE)
 
 
 def _build_registry() -> dict[str, ModelInfo]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,9 +62,12 @@ def train_panoptic_segmentation(
         or `resume_interrupted=True` (continues the interrupted run in it exactly).
     data: {"train": {"images", "masks", "annotations"}, "val": {...}, "ignore_classes": [...]}
         or the path of a YAML/JSON file holding that.
+    transform_args: without `image_size`, training runs at the model's own input size (1280 for
+        `dinov3/vitl16-eomt-panoptic-coco-1280`, the stored size for a model file, else 640).
     model: a name from `panoptic_train.list_models()`, or an `exported_*.pt` / `.ckpt` file to
         fine-tune (other classes re-initialise the class head, with a warning).
-    steps: optimiser steps ("auto": 90 000). batch_size: global batch over all devices and
+    steps: optimiser steps ("auto": the published COCO length for the model's backbone: 360 000
+        for ViT-T/T+, 180 000 for S/S+/B, 90 000 for L and larger). batch_size: global batch over all devices and
         accumulation steps ("auto": 16). gradient_accumulation_steps ("auto": 1) splits each
         device's share into that many micro-batches: same result, less memory.
     precision: "bf16-mixed" (falls back to "32-true" on CPU, "16-mixed" on GPUs without bf16),
@@ -81,7 +85,7 @@ def train_panoptic_segmentation(
         data=load_data_args(data),
         model=model,
         checkpoint=checkpoint,
-        steps=90_000 if steps == "auto" else steps,
+        steps=steps,
         batch_size=16 if batch_size == "auto" else batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,
         num_workers=num_workers,
@@ -96,7 +100,7 @@ def train_panoptic_segmentation(
         overwrite=overwrite,
         logger_args=_or_empty(logger_args),
         model_args=_or_empty(model_args),
-        transform_args=load_transform_args(transform_args),
+        transform_args=transform_args,
         metric_args=_or_empty(metric_args),
         loader_args=_or_empty(loader_args),
         save_checkpoint_args=_or_empty(save_checkpoint_args),
@@ -140,6 +144,13 @@ def _validated(**arguments: Any) -> TrainConfig:
             f"{', '.join(registry.list_models())}; or the path of an exported_*.pt / .ckpt file "
             "to fine-tune."
         )
+    defaults = model_defaults(arguments["model"])
+    if arguments["steps"] == "auto":
+        arguments["steps"] = defaults.steps
+    transforms = load_transform_args(arguments["transform_args"])
+    if "image_size" not in transforms.model_fields_set:
+        transforms = transforms.model_copy(update={"image_size": defaults.image_size})
+    arguments["transform_args"] = transforms
     if arguments["checkpoint"] is not None:
         checkpoint = Path(arguments["checkpoint"]).expanduser()
         if not checkpoint.is_file():
@@ -149,6 +160,30 @@ def _validated(**arguments: Any) -> TrainConfig:
             )
         arguments["checkpoint"] = checkpoint.resolve()
     return parse_config(TrainConfig, arguments, "")
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    steps: int
+    image_size: tuple[int, int]
+
+
+def model_defaults(model: str) -> ModelDefaults:
+    """`steps="auto"` and the training size when `transform_args` has none: the registry's
+    values for the model name (for a model file: for the name it was trained from)."""
+    if registry.is_model_name(model):
+        info = registry.get_model_info(model)
+        return ModelDefaults(info.default_steps, info.image_size)
+    from panoptic_train.inference.model_file import read_model_dict
+
+    stored = read_model_dict(model)
+    name = stored.get("model_name")
+    steps = (
+        registry.get_model_info(name).default_steps
+        if isinstance(name, str) and registry.is_model_name(name)
+        else registry.get_model_info("dinov3/vitl16-eomt").default_steps
+    )
+    return ModelDefaults(steps, tuple(int(side) for side in stored["image_size"]))
 
 
 def _launch_rank() -> int:

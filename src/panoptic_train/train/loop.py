@@ -473,8 +473,8 @@ class Trainer:
         self._report_outputs(state)
 
     def _step(self, step: int, batches: Any) -> tuple[float, dict[str, float]]:
-        """One optimiser step; returns the loss (averaged over ranks) and the final prediction's
-        loss terms."""
+        """One optimiser step; returns the loss (averaged over ranks), the final prediction's
+        loss terms and the gradient norm before clipping (`grad_norm`)."""
         fabric, plan = self.fabric, self.plan
         apply_learning_rates(self.optimizer, self.schedule, step)
         set_attn_mask_probs(
@@ -513,9 +513,13 @@ class Trainer:
         total = fabric.all_reduce(total, reduce_op="mean")
         loss_value = float(total)
         if math.isfinite(loss_value):
+            # Clipping at infinity only measures: the pre-clip norm is logged either way, over
+            # all shards (FSDP) since Fabric's clipping computes it.
             clip = self.config.model_args.gradient_clip_val
-            if clip is not None:
-                fabric.clip_gradients(self.model, self.optimizer, max_norm=clip)
+            norm = fabric.clip_gradients(
+                self.model, self.optimizer, max_norm=math.inf if clip is None else clip
+            )
+            terms["grad_norm"] = norm.detach()
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, {name: float(value) for name, value in terms.items()}

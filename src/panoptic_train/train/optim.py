@@ -47,14 +47,20 @@ def default_annealing_windows(
 ) -> list[tuple[int, int]]:
     """Per joint block the (start, end) steps over which its attention masks fade out.
 
-    Training is cut into num_joint_blocks + 2 equal phases: the first joint block anneals from
-    step 0 to `first_block_end` (the end of the backbone warmup), joint block k >= 1 during
-    phase k + 1, and the last phase runs without any masking.
+    The first joint block is special for DINOv3: its masks fade out from step 0 to
+    `first_block_end`, the end of the backbone's warmup (not a phase of EoMT's schedule; the
+    DINOv2 configs anneal it over a phase like the others). The later blocks follow EoMT's COCO
+    configs: with three joint blocks (ViT-S/B, 24 epochs) block 1 anneals over 10/24–14/24 of
+    training and block 2 over 16/24–20/24; otherwise training is cut into num_joint_blocks + 2
+    equal phases, block k >= 1 anneals during phase k + 1 and the last phase has no masking.
     """
-    num_phases = num_joint_blocks + 2
-    bounds = [round(i * total_steps / num_phases) for i in range(num_phases + 1)]
+    if num_joint_blocks == 3:
+        fractions = [(10 / 24, 14 / 24), (16 / 24, 20 / 24)]
+    else:
+        num_phases = num_joint_blocks + 2
+        fractions = [((k + 1) / num_phases, (k + 2) / num_phases) for k in range(1, num_joint_blocks)]
     windows = [(0, min(first_block_end, total_steps))]
-    windows += [(bounds[k + 1], bounds[k + 2]) for k in range(1, num_joint_blocks)]
+    windows += [(round(start * total_steps), round(end * total_steps)) for start, end in fractions]
     return windows
 
 
