@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "panoptic_train.evaluation._cli",
     "export": "panoptic_train.export._cli",
     "check-data": "panoptic_train.data._cli",
+    "convert": "panoptic_train.data.convert._cli",
     "list-models": "panoptic_train.models._cli",
     "demo": "panoptic_train._demo",
 }
