@@ -80,7 +80,7 @@ class _ClassEntry(StrictModel):
 
 
 class _ClassesFile(StrictModel):
-    classes: tuple[_ClassEntry, ...] = Field(min_length=1)
+    classes: tuple[_ClassEntry, ...]
     ignore: tuple[int, ...] = ()
 
 
@@ -102,7 +102,12 @@ def load_classes_file(path: Path) -> LabelTable:
         raw = {"classes": raw}
     if isinstance(raw, dict) and isinstance(raw.get("ignore"), int):
         raw = {**raw, "ignore": [raw["ignore"]]}
-    parsed = parse_args(_ClassesFile, raw, f"classes file '{path}'")
+    try:
+        parsed = parse_args(_ClassesFile, raw, f"'{path.name}'")
+    except ConfigError as error:
+        raise ConfigError(f"{error}\nFix the classes file '{path}'.") from None
+    if not parsed.classes:
+        raise ConfigError(f"The classes file '{path}' lists no classes. Add them under 'classes'.")
     counts = Counter(entry.id for entry in parsed.classes)
     duplicates = sorted(value for value, count in counts.items() if count > 1)
     both = sorted(set(counts) & set(parsed.ignore))
