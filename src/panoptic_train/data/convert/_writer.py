@@ -9,6 +9,7 @@ a failed conversion leaves no dataset that looks complete: the split's folders a
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -23,7 +24,13 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from panoptic_train._io import atomic_open, atomic_write, atomic_write_json
+from panoptic_train._io import (
+    atomic_open,
+    atomic_write,
+    atomic_write_json,
+    ensure_output_dir,
+    output_error,
+)
 from panoptic_train.data._parallel import map_in_processes
 from panoptic_train.data.coco import Category, format_problems
 from panoptic_train.data.convert.summary import ConversionSummary
@@ -196,6 +203,8 @@ def convert_split(
         overwrite,
         "output folder (--out)",
     )
+    for folder in (layout.images_dir, layout.masks_dir):
+        ensure_output_dir(folder)  # fail on an unwritable output before any slow work
     try:
         written: list[WrittenImage] = []
         problems: list[str] = []
@@ -254,11 +263,12 @@ def _place_image(source: Path, target: Path, link: LinkMode | None) -> None:
         else:
             os.symlink(source.resolve(), target)
     except OSError as error:
-        raise DataError(
-            f"Cannot {'hard-link' if link == 'hard' else 'symlink'} '{source}' as '{target}': "
-            f"{error}. Copy the images instead (leave out --link), or use --link symlink when "
-            "the output is on another file system than the images."
-        ) from error
+        if error.errno == errno.EXDEV:
+            raise ConfigError(
+                f"Cannot hard-link '{source}' into '{target.parent}': they are on different "
+                "file systems. Use link='symlink' (--link symlink), or copy (leave out --link)."
+            ) from error
+        raise output_error(target, error) from error
 
 
 def _segments_info(

@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from panoptic_train._io import atomic_open, atomic_write
+from panoptic_train._io import atomic_open, atomic_write, ensure_output_dir
 from panoptic_train.data._parallel import map_in_processes
 from panoptic_train.data.coco import ClassMapping, PanopticSample, read_panoptic_index
 from panoptic_train.data.convert._writer import prepare_output, raise_problems, remove_output
@@ -82,6 +82,7 @@ def convert_to_semantic(
         targets[name] = sample
     raise_problems(index.annotations_path, problems)
     prepare_output([out_dir], [Path(images), Path(masks), Path(annotations)], overwrite, "--out")
+    ensure_output_dir(out_dir)
     try:
         pixels: Counter[int] = Counter()
         write = partial(_write_png, values, out_dir)
