@@ -12,7 +12,22 @@ from pathlib import Path
 
 import pytest
 
+from panoptic_train.inference.model_file import ExportedModel
+
+from ..inference.conftest import CLASSES, MEAN, STD, tiny_network
+
 MountTmpfs = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random EoMT (64x64 input, 8 queries, the synthetic dataset's classes) as an
+    exported model file."""
+    path = tmp_path_factory.mktemp("model") / "exported_best.pt"
+    ExportedModel.from_network(
+        tiny_network(), model_name="dinov3/vitt16-eomt", classes=CLASSES, mean=MEAN, std=STD
+    ).save(path)
+    return path
 
 
 @pytest.fixture

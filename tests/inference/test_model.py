@@ -214,7 +214,7 @@ def _write_foreign_files(tmp_path: Path, exported: dict) -> dict[str, tuple[Path
     files["wrong format"] = (wrong_format, "has format 'someone_else'")
     newer = tmp_path / "newer.pt"
     torch.save({**exported, "format_version": 99}, newer)
-    files["newer version"] = (newer, "format version 99")
+    files["newer version"] = (newer, "format_version 99")
     incomplete = tmp_path / "incomplete.pt"
     torch.save({k: v for k, v in exported.items() if k != "classes"}, incomplete)
     files["missing entry"] = (incomplete, "missing the entries ['classes']")

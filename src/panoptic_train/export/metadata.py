@@ -14,8 +14,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
+from panoptic_train._validate import check_format_version, normalization
 from panoptic_train.data.coco import ClassMapping
 from panoptic_train.errors import ConfigError, WeightsError
 from panoptic_train.inference.postprocess import PostprocessConfig
@@ -85,35 +86,27 @@ class ExportMetadata:
                 f"{source} does not hold panoptic_train export metadata (format {FORMAT!r}); "
                 "export the model with panoptic_train's export_onnx or export_tensorrt."
             )
-        if data.get("format_version") != FORMAT_VERSION:
-            raise WeightsError(
-                f"{source} was written in export format version {data.get('format_version')!r}; "
-                f"this panoptic_train reads version {FORMAT_VERSION}. Re-export the model."
-            )
+        check_format_version(data.get("format_version"), FORMAT_VERSION, source, "format_version")
         try:
             outputs = data["outputs"]
             precision = data["precision"]
             if outputs not in ("logits", "panoptic") or precision not in ("fp32", "fp16"):
                 raise ValueError(f"outputs={outputs!r}, precision={precision!r}")
             height, width = (int(side) for side in data["image_size"])
+            mean, std = normalization(data["normalize"]["mean"], data["normalize"]["std"])
             return cls(
                 model_name=str(data["model_name"]),
                 classes=ClassMapping.from_list(data["classes"]),
                 image_size=(height, width),
-                mean=_triple(data["normalize"]["mean"]),
-                std=_triple(data["normalize"]["std"]),
+                mean=mean,
+                std=std,
                 postprocess=PostprocessConfig(**data["postprocess"]),
                 outputs=outputs,
                 precision=precision,
             )
         except (ConfigError, KeyError, TypeError, ValueError) as error:
-            message = f"{source} holds invalid panoptic_train metadata: {error!r}."
+            message = f"{source} holds invalid panoptic_train metadata: {error}"
             raise WeightsError(message) from error
-
-
-def _triple(values: Any) -> tuple[float, float, float]:
-    first, second, third = (float(value) for value in values)
-    return first, second, third
 
 
 def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:

@@ -21,6 +21,7 @@ import dataclasses
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +30,11 @@ import torch
 from torch import Tensor
 
 from panoptic_train._io import atomic_torch_save
+from panoptic_train._validate import check_format_version, normalization
 from panoptic_train.data.coco import ClassMapping
 from panoptic_train.errors import ConfigError, WeightsError
 from panoptic_train.inference.postprocess import PostprocessConfig
+from panoptic_train.models.dinov3 import PATCH_SIZE
 from panoptic_train.models.eomt import EoMT, EoMTConfig
 
 FORMAT = "panoptic_train.eomt_panoptic"
@@ -86,14 +89,15 @@ class ExportedModel:
                 "was trained with."
             )
         state = {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
+        checked_mean, checked_std = normalization(mean, std)
         return cls(
             model_name=model_name,
             config=network.config,
             state_dict=state,
             classes=classes,
             image_size=tuple(image_size or network.config.image_size),
-            mean=_triple(mean, "normalize.mean"),
-            std=_triple(std, "normalize.std"),
+            mean=checked_mean,
+            std=checked_std,
             postprocess=postprocess or PostprocessConfig(),
         )
 
@@ -117,7 +121,13 @@ class ExportedModel:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str) -> ExportedModel:
-        """Validate a loaded dict; `source` names where it came from for error messages."""
+        """Validate a loaded dict; `source` names where it came from for error messages.
+
+        Beyond the entries' types: the normalisation (finite, positive std), the input size,
+        the class list against the network's class count, and every weight's name, shape and
+        finiteness against the architecture `eomt_config` describes, so that an edited or
+        damaged file fails here, naming the entry, instead of predicting garbage.
+        """
         missing = [key for key in _KEYS if key not in data]
         if missing:
             raise WeightsError(f"{source} is missing the entries {missing} of an exported model.")
@@ -126,48 +136,88 @@ class ExportedModel:
                 f"{source} has format {data['format']!r}; expected {FORMAT!r} (a file written by "
                 "panoptic_train's training or `ExportedModel.save`)."
             )
-        if data["format_version"] != FORMAT_VERSION:
-            raise WeightsError(
-                f"{source} has format version {data['format_version']!r}, but this panoptic_train "
-                f"reads version {FORMAT_VERSION}. Load it with the panoptic_train version that "
-                "wrote it, or re-export it."
-            )
+        check_format_version(data["format_version"], FORMAT_VERSION, source, "format_version")
         try:
             normalize = data["normalize"]
-            return cls(
+            mean, std = normalization(normalize["mean"], normalize["std"])
+            exported = cls(
                 model_name=str(data["model_name"]),
                 config=EoMTConfig.from_dict(dict(data["eomt_config"])),
                 state_dict=dict(data["state_dict"]),
                 classes=ClassMapping.from_list(data["classes"]),
-                image_size=tuple(int(side) for side in data["image_size"]),
-                mean=_triple(normalize["mean"], "normalize.mean"),
-                std=_triple(normalize["std"], "normalize.std"),
+                image_size=_input_size(data["image_size"]),
+                mean=mean,
+                std=std,
                 postprocess=PostprocessConfig(**data["postprocess"]),
             )
         except (ConfigError, KeyError, TypeError, ValueError) as error:
             raise WeightsError(f"{source} holds an invalid exported model: {error}") from error
+        exported._check_weights(source)
+        return exported
+
+    def _check_weights(self, source: str) -> None:
+        """The class list and the weights against the architecture of `config` (built on the
+        meta device: shapes only, no memory, no initialisation)."""
+        from panoptic_train.models.registry import build_eomt
+
+        if self.classes.num_classes != self.config.num_classes:
+            raise WeightsError(
+                f"{source} lists {self.classes.num_classes} classes in 'classes', but its network "
+                f"predicts {self.config.num_classes} (eomt_config.num_classes). The file was "
+                "edited or damaged; re-export it from its checkpoint."
+            )
+        with torch.device("meta"):
+            expected = build_eomt(self.config).state_dict()
+        missing = sorted(set(expected) - set(self.state_dict))
+        unexpected = sorted(set(self.state_dict) - set(expected))
+        if missing or unexpected:
+            raise WeightsError(
+                f"The weights in {source} do not fit their architecture: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]} (first 5 of {len(missing)} / {len(unexpected)}). "
+                "The file was edited or damaged; re-export it from its checkpoint."
+            )
+        for key, weight in self.state_dict.items():
+            if not isinstance(weight, Tensor):
+                raise WeightsError(
+                    f"The weight {key!r} in {source} is a {type(weight).__name__}, not a "
+                    "tensor. The file was edited or damaged; re-export it from its checkpoint."
+                )
+            found, wanted = tuple(weight.shape), tuple(expected[key].shape)
+            if found != wanted:
+                raise WeightsError(
+                    f"The weight {key!r} in {source} has shape {found}, but the architecture its "
+                    f"eomt_config describes ({self.config.backbone}, {self.config.num_classes} "
+                    f"classes, {self.config.num_queries} queries) needs {wanted}. The file was "
+                    "edited or damaged; re-export it from its checkpoint."
+                )
+            if weight.is_floating_point() and not bool(torch.isfinite(weight).all()):
+                raise WeightsError(
+                    f"The weight {key!r} in {source} holds NaN or infinite values, so every "
+                    "prediction would be garbage. Re-export the model from a checkpoint of "
+                    "the run taken before its loss diverged."
+                )
 
     def build_network(self) -> EoMT:
-        """Rebuild the architecture and load the weights (all keys must match)."""
+        """Rebuild the architecture and load the weights (checked by `from_dict` for files)."""
         from panoptic_train.models.registry import build_eomt
 
         network = build_eomt(self.config)
-        result = network.load_state_dict(self.state_dict, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise WeightsError(
-                f"The weights of model {self.model_name!r} do not fit its architecture: missing "
-                f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]} (first 5 of "
-                f"{len(result.missing_keys)} / {len(result.unexpected_keys)}). The file is "
-                "corrupt or was edited; re-export it from its checkpoint."
-            )
+        network.load_state_dict(self.state_dict)
         return network.eval()
 
 
-def _triple(values: Sequence[float], name: str) -> tuple[float, float, float]:
-    triple = tuple(float(v) for v in values)
-    if len(triple) != 3:
-        raise ConfigError(f"{name} needs one value per RGB channel, got {list(values)!r}.")
-    return triple  # type: ignore[return-value]
+def _input_size(values: Sequence[Any]) -> tuple[int, int]:
+    """`image_size` of a file: two positive multiples of the patch size (what the network takes)."""
+    size = tuple(values)
+    if len(size) != 2 or not all(
+        isinstance(side, int) and not isinstance(side, bool) and side > 0 and side % PATCH_SIZE == 0
+        for side in size
+    ):
+        raise ConfigError(
+            f"image_size is {list(size)!r}; it needs (height, width), positive multiples of "
+            f"{PATCH_SIZE}."
+        )
+    return size  # type: ignore[return-value]
 
 
 def read_model_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -176,6 +226,7 @@ def read_model_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
     Accepts an exported-model file or a training checkpoint holding one under
     CHECKPOINT_MODEL_KEY; anything else is a WeightsError saying what was found.
     """
+    verify_checksums(path)
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -202,6 +253,28 @@ def read_model_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
         f"{CHECKPOINT_MODEL_KEY!r}. To start from backbone weights, train with "
         "model_args={'backbone_weights': ...} instead."
     )
+
+
+def verify_checksums(path: str | os.PathLike[str]) -> None:
+    """Check the CRC-32 that a `torch.save` zip file stores for each entry: torch.load does not,
+    so a flipped bit in the weights would otherwise load silently. Files that are no zip
+    (the legacy format, other files) are left to torch.load's own errors."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise WeightsError(
+            f"'{path}' is damaged: its zip structure cannot be read ({error}). The file is "
+            "incomplete or corrupt; copy it again or re-export it."
+        ) from error
+    if damaged is not None:
+        raise WeightsError(
+            f"'{path}' is damaged: the bytes of its entry '{damaged}' do not match the checksum "
+            "stored with them (a flipped bit or an incomplete copy). Copy the file again or "
+            "re-export it."
+        )
 
 
 def _not_pytorch(path: str | os.PathLike[str], error: Exception) -> WeightsError:

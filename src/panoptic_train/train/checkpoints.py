@@ -38,8 +38,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from panoptic_train._io import atomic_torch_save
+from panoptic_train._validate import check_format_version
 from panoptic_train.errors import ConfigError, WeightsError
-from panoptic_train.inference.model_file import CHECKPOINT_MODEL_KEY
+from panoptic_train.inference.model_file import CHECKPOINT_MODEL_KEY, verify_checksums
 
 FORMAT = "panoptic_train.train_checkpoint"
 FORMAT_VERSION = 1
@@ -177,7 +178,8 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read `last.ckpt` safely and check that it is a training checkpoint of ours."""
+    """Read `last.ckpt` safely and check that it is a training checkpoint of ours, undamaged."""
+    verify_checksums(path)
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load fails with many types on foreign or damaged files
@@ -187,12 +189,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ) from error
     if not isinstance(content, Mapping) or content.get("checkpoint_format") != FORMAT:
         raise WeightsError(f"'{path}' is not a panoptic_train training checkpoint.")
-    if content.get("checkpoint_version") != FORMAT_VERSION:
-        raise WeightsError(
-            f"'{path}' has checkpoint version {content.get('checkpoint_version')!r}; this "
-            f"panoptic_train resumes version {FORMAT_VERSION}. Resume with the version that wrote "
-            "it."
-        )
+    check_format_version(
+        content.get("checkpoint_version"), FORMAT_VERSION, f"'{path}'", "checkpoint_version"
+    )
     return dict(content)
 
 
