@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import threading
 from collections.abc import Mapping
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from panoptic_train._io import atomic_write_json
+from panoptic_train._io import atomic_write_json, ensure_output_file
 from panoptic_train.data.io import load_segment_ids
 from panoptic_train.errors import ConfigError, DataError, require
 from panoptic_train.evaluation.pq import (
@@ -89,7 +90,8 @@ def evaluate_panoptic(
     `per_class` keyed by category id; writes the same as JSON to `out` when given. Every image of
     the ground truth needs a prediction and vice versa. Raises DataError naming the file and id
     for missing PNGs, unmatched image ids, segment ids absent from `segments_info` (or listed
-    there but absent from the PNG) and unknown categories.
+    there but absent from the PNG), unknown categories and ground-truth areas that are not
+    non-negative numbers; OutputError when `out` cannot be written (checked before scoring).
 
     `backend`: "builtin" decodes and scores the PNGs here on `num_workers` threads (default one
     per core, at most 8); "hotcoco" hands the pixel work to the hotcoco package (compiled, its
@@ -102,6 +104,8 @@ def evaluate_panoptic(
         )
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {list(BACKENDS)}; got {backend!r}.")
+    if out is not None:
+        ensure_output_file(out)  # before the scoring, not after it
     gt_side = _Side("ground-truth", Path(gt_json), Path(gt_masks))
     pred_side = _Side("prediction", Path(pred_json), Path(pred_masks))
     gt_content = _read_json(gt_side)
@@ -263,7 +267,7 @@ def _annotations(
         if not isinstance(segments, list):
             raise DataError(f"{where} (image id {image_id!r}) has no 'segments_info' list.")
         by_image[image_id] = _annotation(
-            image_id, side.masks / entry["file_name"], segments, where, class_of
+            image_id, side.masks / entry["file_name"], segments, where, class_of, side.role
         )
     return by_image
 
@@ -274,7 +278,11 @@ def _annotation(
     segments: list[Any],
     where: str,
     class_of: Mapping[int, int],
+    role: str,
 ) -> _Annotation:
+    """One image's segments, checked. The ground truth's `area` values are scored (as by
+    panopticapi), so a negative, NaN or infinite one is an error there; a prediction's `area` is
+    never used (its areas come from the PNG)."""
     ids: list[int] = []
     seen: set[int] = set()
     classes: list[int] = []
@@ -294,21 +302,34 @@ def _annotation(
             )
         category_id = segment.get("category_id")
         if category_id not in class_of:
+            fix = (
+                "Add the category to 'categories' or fix the segment's category_id."
+                if role == "ground-truth"
+                else "Map the prediction's classes to those category ids."
+            )
             raise DataError(
                 f"{where} (image id {image_id!r}, file '{png.name}'): segment id {segment_id} "
                 f"has unknown category_id {category_id!r}; the ground truth's categories are "
-                f"{sorted(class_of)}. Map the prediction's classes to those category ids."
+                f"{sorted(class_of)}. {fix}"
             )
         segment_area = segment.get("area")
+        is_number = isinstance(segment_area, int | float) and not isinstance(segment_area, bool)
+        if (
+            role == "ground-truth"
+            and segment_area is not None
+            and not (is_number and math.isfinite(segment_area) and segment_area >= 0)
+        ):
+            raise DataError(
+                f"{where} (image id {image_id!r}, file '{png.name}'): segment id {segment_id} "
+                f"has 'area' {segment_area!r}; PQ is computed with the ground truth's areas, so "
+                "each must be a non-negative number, its pixel count in the PNG. Fix it, or "
+                "remove 'area' to use the pixel count."
+            )
         ids.append(segment_id)
         seen.add(segment_id)
         classes.append(class_of[category_id])
         crowd.append(bool(segment.get("iscrowd", 0)))
-        area.append(
-            float(segment_area)
-            if isinstance(segment_area, int | float) and not isinstance(segment_area, bool)
-            else None
-        )
+        area.append(float(segment_area) if is_number else None)
     if len(ids) > _MAX_SEGMENTS:
         raise DataError(
             f"{where} (image id {image_id!r}) has {len(ids)} segments; at most {_MAX_SEGMENTS} "
