@@ -107,7 +107,7 @@ def convert_semantic_instance(
         tasks=tasks,
         convert=partial(_convert_image, table, things_without_instance),
         categories=table.categories(),
-        source=label_dirs[SEMANTIC_ROLE],
+        source=images_dir,
         inputs=[images_dir, *label_dirs.values()],
         link=link,
         overwrite=overwrite,
