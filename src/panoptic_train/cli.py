@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "predict": "panoptic_train.inference._cli",
     "evaluate": "panoptic_train.evaluation._cli",
     "export": "panoptic_train.export._cli",
+    "serve": "panoptic_train.serve._cli",
     "check-data": "panoptic_train.data._cli",
     "convert": "panoptic_train.data.convert._cli",
     "list-models": "panoptic_train.models._cli",

@@ -46,13 +46,21 @@ def load_image(path: PathLike) -> np.ndarray:
     """Decode an image file into an (H, W, 3) uint8 RGB array, upright as EXIF says."""
     try:
         with Image.open(path) as image:
-            upright = ImageOps.exif_transpose(image)
-            return _to_rgb_array(upright)
+            return decode_image(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(
             f"Cannot read image '{path}': {error}. Replace the file with a readable image in one "
             f"of the formats {', '.join(IMAGE_EXTENSIONS)}."
         ) from error
+
+
+def decode_image(image: Image.Image) -> np.ndarray:
+    """The pixels of an opened image as `load_image` returns them: upright, (H, W, 3) uint8 RGB.
+
+    For callers that open images themselves (the server reads uploads from memory and checks
+    their size from the header first); decoding errors are PIL's, for the caller to word.
+    """
+    return _to_rgb_array(ImageOps.exif_transpose(image))
 
 
 def _to_rgb_array(image: Image.Image) -> np.ndarray:

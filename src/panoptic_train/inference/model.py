@@ -73,6 +73,11 @@ class PanopticSegmentationModel:
         self._thing_flags = torch.tensor(class_mapping.is_thing, device=self.device)
         self._forward = torch.compile(self.network) if compile else self.network
 
+    @property
+    def precision(self) -> str:
+        """What `predict` runs in: "fp32", "fp16" or "bf16" (`load_model`'s "auto" resolved)."""
+        return next(name for name, dtype in _DTYPES.items() if dtype == self.dtype)
+
     def predict(
         self,
         image: ImageInput | Sequence[ImageInput],

@@ -7,15 +7,17 @@ Output folder layout (scorable by `panoptic-train evaluate` or COCO's panopticap
     OUT/overlays/<stem>.png      the visualisation, when asked for
 
 PNG segment ids are `predict`'s segment id + 1, since COCO panoptic reserves 0 for void.
+`panoptic_record` builds an image's PNG and segments; `panoptic-train serve` returns the same.
 Decoding runs in a few threads ahead of the network, so disk and decode time overlap inference.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +123,7 @@ def predict_files(
             records.append(_write_result(out, path, image_id, result))
             if overlay:
                 rendered = visualize(tensor, result, model.classes)
-                _save_png(rendered, out / OVERLAYS_DIR / f"{path.stem}.png")
+                _write_file(out / OVERLAYS_DIR / f"{path.stem}.png", encode_png(rendered))
             report.written.append(out / MASKS_DIR / f"{path.stem}.png")
         if on_progress is not None:
             on_progress(len(batch))
@@ -153,6 +155,56 @@ def predict_files(
     return report
 
 
+@dataclass(frozen=True)
+class PanopticRecord:
+    """One `predict` result in COCO panoptic form: what `predict_files` writes for an image and
+    what `panoptic-train serve` returns, built in one place so the two always agree.
+
+    png: the PNG file, segment id + 1 per pixel as R + 256·G + 256²·B (0 = void).
+    segments_info: the annotation's entries (`id` as in the PNG, `category_id`, `area`, COCO
+        `bbox` [x, y, width, height], `iscrowd` 0, `score`), in segment order.
+    """
+
+    png: bytes
+    segments_info: list[dict[str, Any]]
+    height: int
+    width: int
+
+
+def panoptic_record(result: Mapping[str, Any]) -> PanopticRecord:
+    """The COCO panoptic form of a `predict` result (torch tensors, or the ONNX runner's numpy
+    arrays)."""
+    segments = torch.as_tensor(result["masks"])[..., 1]
+    segment_ids = torch.as_tensor(result["segment_ids"])
+    height, width = segments.shape
+    segments_info = [
+        {
+            "id": int(segment_id) + 1,
+            "category_id": int(category),
+            "area": int(area),
+            "bbox": box,
+            "iscrowd": 0,
+            "score": round(float(score), 6),
+        }
+        for segment_id, category, area, box, score in zip(
+            segment_ids.tolist(),
+            result["labels"].tolist(),
+            *_areas_and_boxes(segments, segment_ids),
+            result["scores"].tolist(),
+            strict=True,
+        )
+    ]
+    png = encode_png(Image.fromarray(encode_segment_ids((segments + 1).numpy())))
+    return PanopticRecord(png, segments_info, height, width)
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PNG bytes of an image, encoded as every PNG of `predict_files` (and the server) is."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _decode_ahead(paths: Iterable[Path], depth: int) -> Iterator[tuple[Path, Tensor | DataError]]:
     """Decode images in threads, at most `depth` ahead; failures come back as DataError."""
 
@@ -178,30 +230,15 @@ def _write_result(
     out: Path, path: Path, image_id: Any, result: dict[str, Tensor]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write one PNG; return its `images` and `annotations` JSON entries."""
-    segments = result["masks"][..., 1]
-    height, width = segments.shape
+    record = panoptic_record(result)
     file_name = f"{path.stem}.png"
-    png = encode_segment_ids((segments + 1).numpy())
-    _save_png(Image.fromarray(png), out / MASKS_DIR / file_name)
-    segments_info = [
-        {
-            "id": int(segment_id) + 1,
-            "category_id": int(category),
-            "area": int(area),
-            "bbox": box,
-            "iscrowd": 0,
-            "score": round(float(score), 6),
-        }
-        for segment_id, category, area, box, score in zip(
-            result["segment_ids"].tolist(),
-            result["labels"].tolist(),
-            *_areas_and_boxes(segments, result["segment_ids"]),
-            result["scores"].tolist(),
-            strict=True,
-        )
-    ]
-    image = {"id": image_id, "file_name": path.name, "height": height, "width": width}
-    annotation = {"image_id": image_id, "file_name": file_name, "segments_info": segments_info}
+    _write_file(out / MASKS_DIR / file_name, record.png)
+    image = {"id": image_id, "file_name": path.name, "height": record.height, "width": record.width}
+    annotation = {
+        "image_id": image_id,
+        "file_name": file_name,
+        "segments_info": record.segments_info,
+    }
     return image, annotation
 
 
@@ -218,5 +255,5 @@ def _areas_and_boxes(segments: Tensor, segment_ids: Tensor) -> tuple[list[int], 
     return area[segment_ids].tolist(), boxes[segment_ids].tolist()
 
 
-def _save_png(image: Image.Image, path: Path) -> None:
-    atomic_write(path, lambda handle: image.save(handle, format="PNG"))
+def _write_file(path: Path, content: bytes) -> None:
+    atomic_write(path, lambda handle: handle.write(content))

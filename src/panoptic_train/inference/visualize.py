@@ -61,6 +61,18 @@ def visualize(
     return overlay
 
 
+def instance_color(category_id: int, rank: int = 0) -> tuple[float, float, float]:
+    """RGB (0..255) of a category's `rank`-th instance in overlays (segment order).
+
+    The hue follows the category id, so a class has the same colour in every image (legends
+    show rank 0, the brightest); the brightness tells its instances apart.
+    """
+    hue = (category_id * _GOLDEN_RATIO) % 1.0
+    value = 0.95 - 0.5 * ((rank * _GOLDEN_RATIO) % 1.0)
+    red, green, blue = colorsys.hsv_to_rgb(hue, 0.75, value)
+    return red * 255, green * 255, blue * 255
+
+
 def _to_numpy(value: Any) -> np.ndarray:
     if isinstance(value, Tensor):
         return value.detach().cpu().numpy()
@@ -76,9 +88,7 @@ def _segment_colors(categories: np.ndarray, void: np.ndarray) -> np.ndarray:
             continue
         rank = seen.get(category, 0)
         seen[category] = rank + 1
-        hue = (category * _GOLDEN_RATIO) % 1.0
-        value = 0.95 - 0.5 * ((rank * _GOLDEN_RATIO) % 1.0)
-        colors[index] = np.array(colorsys.hsv_to_rgb(hue, 0.75, value)) * 255
+        colors[index] = instance_color(category, rank)
     return colors
 
 
