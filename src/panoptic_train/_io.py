@@ -79,13 +79,7 @@ def ensure_output_dir(path: PathLike) -> Path:
             f"Cannot write '{folder}': it is a file, not a folder. Pass a folder path, or move "
             "the file."
         )
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        descriptor, probe = _create_temp(folder / "write-test")
-        os.close(descriptor)
-        probe.unlink()
-    except OSError as error:
-        raise output_error(folder, error) from error
+    _probe(folder, folder)
     return folder
 
 
@@ -98,8 +92,19 @@ def ensure_output_file(path: PathLike) -> Path:
             f"Cannot write '{target}': it is a folder. Pass the path of a file (it may be "
             "inside that folder)."
         )
-    ensure_output_dir(target.parent)
+    _probe(target.parent, target)
     return target
+
+
+def _probe(folder: Path, output: Path) -> None:
+    """Create `folder` if needed and a file in it (removed again); errors name `output`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        descriptor, probe = _create_temp(folder / "write-test")
+        os.close(descriptor)
+        probe.unlink()
+    except OSError as error:
+        raise output_error(output, error) from error
 
 
 @contextmanager

@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from panoptic_train._io import ensure_output_file
     from panoptic_train.inference.model import load_model
 
     # Verification results and the written file are logged by the export modules.
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         from panoptic_train.export.tensorrt import require_tensorrt
 
         require_tensorrt("Building a TensorRT engine")  # before the minutes of loading a model
+    ensure_output_file(args.out)  # before loading the model
     device = args.device or ("cuda" if args.format == "tensorrt" else "cpu")
     model = load_model(args.model, device=device, precision="fp32")
     common = {

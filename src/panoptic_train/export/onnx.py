@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from panoptic_train import __version__
-from panoptic_train._io import atomic_write
+from panoptic_train._io import atomic_write, ensure_output_file
 from panoptic_train.errors import ConfigError, PanopticTrainError, require
 from panoptic_train.export._verify import VerificationReport, compare_logits, example_images
 from panoptic_train.export.graph import LogitsGraph, PanopticGraph
@@ -77,6 +77,7 @@ def export_onnx(
         deployments that want the whole pipeline in one file.
     """
     options = _ExportOptions.validate(model, precision, batch_size, height, width, opset)
+    path = ensure_output_file(out)  # before the tracing and verification, not after them
     onnx = require("onnx", "onnx", "ONNX export")
     if simplify:
         require("onnxslim", "onnx", "Simplifying the exported ONNX graph (simplify=True)")
@@ -108,7 +109,6 @@ def export_onnx(
                 f"{report}. The ONNX file was not written. Report this with the model name "
                 f"{model.model_name!r}; export with verify=False to inspect the graph anyway."
             )
-    path = Path(out)
     atomic_write(path, lambda handle: handle.write(content))
     logger.info("Wrote %s (%.1f MB)", path, len(content) / 1e6)
     return path

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from panoptic_train._io import atomic_write
+from panoptic_train._io import atomic_write, ensure_output_file
 from panoptic_train.errors import ConfigError, PanopticTrainError, require
 from panoptic_train.export._verify import VerificationReport, compare_logits, example_images
 from panoptic_train.export.metadata import (
@@ -114,6 +114,8 @@ def export_tensorrt(
         precision, workspace_gb, min_batch_size, opt_batch_size, max_batch_size
     )
     trt = require_tensorrt("Building a TensorRT engine")
+    path = ensure_output_file(out)  # before minutes of building, not after them
+    ensure_output_file(sidecar_path(path))
     with tempfile.TemporaryDirectory(prefix="panoptic_train_trt_") as folder:
         onnx_path = export_onnx(
             model,
@@ -130,7 +132,6 @@ def export_tensorrt(
     engine = _build_engine(trt, onnx_bytes, metadata.image_size, options)
     if verify:
         _verify_engine(model, engine, metadata, options)
-    path = Path(out)
     atomic_write(path, lambda handle: handle.write(engine))
     atomic_write(sidecar_path(path), lambda handle: handle.write(metadata.to_json().encode()))
     logger.info("Wrote %s (%.1f MB) and %s", path, len(engine) / 1e6, sidecar_path(path))
