@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/predict.py
 	$(BIN)/python benchmarks/export_onnx.py
+	$(BIN)/python benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
