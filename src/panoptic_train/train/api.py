@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from panoptic_train._io import ensure_output_dir
 from panoptic_train.data.config import load_data_args
 from panoptic_train.data.transforms import load_transform_args
 from panoptic_train.errors import ConfigError
@@ -59,7 +60,10 @@ def train_panoptic_segmentation(
     `out/train.log`. See the README's training section for every argument; the essentials:
 
     out: output folder; must be empty unless `overwrite=True` (removes this tool's files there)
-        or `resume_interrupted=True` (continues the interrupted run in it exactly).
+        or `resume_interrupted=True` (continues the interrupted run in it exactly). A folder
+        holding only the train.log of an attempt that stopped before training counts as empty;
+        temporary files of writes killed mid-file are removed. OutputError (exit code 3) when
+        it cannot be written.
     data: {"train": {"images", "masks", "annotations"}, "val": {...}, "ignore_classes": [...]}
         or the path of a YAML/JSON file holding that.
     transform_args: without `image_size`, training runs at the model's own input size (1280 for
@@ -116,6 +120,9 @@ def train_panoptic_segmentation(
                 f"'{paths.checkpoint}'. Check `out`, or start a new run without "
                 "resume_interrupted."
             )
+        if _launch_rank() == 0:
+            ensure_output_dir(paths.out)
+            paths.remove_stale_temp_files()
         resume_from = ckpt.load_checkpoint(paths.checkpoint)
     elif _launch_rank() == 0:
         _prepare_out(paths, overwrite)
@@ -196,10 +203,11 @@ def _launch_rank() -> int:
 
 
 def _prepare_out(paths: ckpt.RunPaths, overwrite: bool) -> None:
-    out = paths.out
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out='{out}' is a file; pass a folder for the run's outputs.")
-    entries = sorted(out.iterdir()) if out.is_dir() else []
+    out = ensure_output_dir(paths.out)
+    paths.remove_stale_temp_files()
+    # An attempt that stopped before writing anything but its log (at the data check, say)
+    # left no run to protect: its log is replaced.
+    entries = sorted(entry for entry in out.iterdir() if entry != paths.log_file)
     if entries and not overwrite:
         listing = ", ".join(entry.name for entry in entries[:5]) + (
             ", ..." if len(entries) > 5 else ""
@@ -213,4 +221,3 @@ def _prepare_out(paths: ckpt.RunPaths, overwrite: bool) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    out.mkdir(parents=True, exist_ok=True)

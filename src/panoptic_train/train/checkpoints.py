@@ -37,7 +37,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from panoptic_train._io import atomic_torch_save
+from panoptic_train._io import atomic_torch_save, remove_stale_temp_files
 from panoptic_train._validate import check_format_version
 from panoptic_train.errors import ConfigError, WeightsError
 from panoptic_train.inference.model_file import CHECKPOINT_MODEL_KEY, verify_checksums
@@ -87,6 +87,17 @@ class RunPaths:
             self.config,
             self.log_file,
         ]
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete what atomic writes of the run's files left behind when the run was killed
+        mid-write (a 1 GB `.last.ckpt.*.tmp` would otherwise stay forever); call it on rank 0
+        before the run writes anything."""
+        targets = (self.checkpoint, self.exported_best, self.exported_last, self.config)
+        removed = []
+        for folder in {target.parent for target in targets}:
+            names = frozenset(target.name for target in targets if target.parent == folder)
+            removed += remove_stale_temp_files(folder, names)
+        return removed
 
 
 @dataclass
