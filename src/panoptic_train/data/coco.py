@@ -8,9 +8,10 @@ found is collected and reported together, so one run of the tool shows a user al
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,15 @@ def load_coco_json(annotations: Path, kind: str = "COCO panoptic") -> dict[str, 
     return content
 
 
+def _entry_ids(entries: list[Any], key: str) -> set[int | str]:
+    """The integer or string values of `key` in the objects of a JSON list."""
+    return {
+        entry[key]
+        for entry in entries
+        if isinstance(entry, dict) and (is_int(entry.get(key)) or isinstance(entry.get(key), str))
+    }
+
+
 def _parse_categories(raw: list[Any], problems: list[str]) -> list[Category]:
     categories: list[Category] = []
     seen: set[int] = set()
@@ -247,8 +257,33 @@ def _parse_categories(raw: list[Any], problems: list[str]) -> list[Category]:
     return categories
 
 
+@dataclass
+class _CategoryIds:
+    """The category ids segments may use, and the other ids segments used.
+
+    rejected: str() of the ids of 'categories' entries that are themselves broken (and already
+        reported); segments using them are not reported again, so that one bad category does
+        not cascade into a line per segment.
+    unknown: each id in no category -> where segments use it, reported once per id.
+    """
+
+    known: set[int]
+    rejected: set[str]
+    unknown: dict[int, list[str]] = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        lines = []
+        for category_id, uses in self.unknown.items():
+            shown = ", ".join(uses[:3]) + (", ..." if len(uses) > 3 else "")
+            lines.append(
+                f"'category_id' {category_id} is not in 'categories' (ids {sorted(self.known)}) "
+                f"but {len(uses)} segment(s) use it: {shown}. Add the category or fix the ids."
+            )
+        return lines
+
+
 def _parse_segment(
-    entry: Any, where: str, category_ids: set[int], problems: list[str]
+    entry: Any, where: str, category_ids: _CategoryIds, problems: list[str]
 ) -> Segment | None:
     if not isinstance(entry, dict):
         problems.append(f"{where} is {entry!r}, not an object with 'id' and 'category_id'.")
@@ -261,16 +296,16 @@ def _parse_segment(
             f"segment 'id' {segment_id!r} is not an integer in 1..{MAX_SEGMENT_ID} "
             "(0 is void in the PNG)"
         )
-    if not is_int(category_id):
+    known_category = str(category_id) not in category_ids.rejected
+    if known_category and not is_int(category_id):
         bad.append(f"'category_id' {category_id!r} is not an integer")
-    elif category_id not in category_ids:
-        bad.append(
-            f"'category_id' {category_id} is not in 'categories' (ids {sorted(category_ids)}); "
-            "add the category or fix the id"
-        )
+    elif known_category and category_id not in category_ids.known:
+        category_ids.unknown.setdefault(category_id, []).append(where)
+        known_category = False
     if not is_flag(iscrowd):
         bad.append(f"'iscrowd' {iscrowd!r} is not 0/1")
-    if area is not None and not (isinstance(area, int | float) and area >= 0):
+    is_number = isinstance(area, int | float) and not isinstance(area, bool)
+    if area is not None and not (is_number and math.isfinite(area) and area >= 0):
         bad.append(f"'area' {area!r} is not a non-negative number")
     valid_bbox = (
         isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)
@@ -279,6 +314,7 @@ def _parse_segment(
         bad.append(f"'bbox' {bbox!r} is not [x, y, width, height]")
     if bad:
         problems.append(f"{where}: {'; '.join(bad)}.")
+    if bad or not known_category:
         return None
     return Segment(
         id=segment_id,
@@ -414,6 +450,10 @@ def scan_panoptic_index(
             problems.append(f"The {name} directory '{directory}' does not exist. Fix the path.")
     categories = _parse_categories(content["categories"], problems)
     category_ids = {category.id for category in categories}
+    listed_categories = {str(i) for i in _entry_ids(content["categories"], "id")}
+    segment_categories = _CategoryIds(
+        category_ids, listed_categories - {str(category_id) for category_id in category_ids}
+    )
     ignored = tuple(ignore_classes)
     unknown_ignored = [c for c in ignored if c not in category_ids]
     if unknown_ignored and categories:
@@ -422,6 +462,9 @@ def scan_panoptic_index(
             f"(ids {sorted(category_ids)}). Remove them or fix the ids."
         )
     image_entries = parse_images(content["images"], problems)
+    # Ids of 'images' entries that are broken themselves (and reported): their annotations
+    # are not reported again as annotations of no image.
+    rejected_images = _entry_ids(content["images"], "id") - set(image_entries)
     check_files = images_dir.is_dir() and masks_dir.is_dir()
 
     samples: list[PanopticSample] = []
@@ -435,7 +478,10 @@ def scan_panoptic_index(
         image_id, file_name = entry.get("image_id"), entry.get("file_name")
         segments_raw = entry.get("segments_info")
         bad = []
-        if not (is_int(image_id) or isinstance(image_id, str)) or image_id not in image_entries:
+        valid_id = is_int(image_id) or isinstance(image_id, str)
+        if valid_id and image_id in rejected_images:
+            pass
+        elif not valid_id or image_id not in image_entries:
             bad.append(
                 f"'image_id' {image_id!r} is not an id in 'images' (add an 'images' entry for "
                 "it or remove this annotation)"
@@ -455,7 +501,7 @@ def scan_panoptic_index(
         mask_names[file_name] = image_id
         segments = [
             _parse_segment(
-                segment, f"{where} ('{file_name}').segments_info[{i}]", category_ids, problems
+                segment, f"{where} ('{file_name}').segments_info[{i}]", segment_categories, problems
             )
             for i, segment in enumerate(segments_raw)
         ]
@@ -465,7 +511,7 @@ def scan_panoptic_index(
                 f"{where} ('{file_name}'): segment ids {duplicates} appear more than once in "
                 "'segments_info'. Every segment of an image needs its own id."
             )
-        if check_files and None not in segments:
+        if check_files and None not in segments and image_id in image_entries:
             sample = _locate_sample(
                 image_id,
                 image_entries[image_id],
@@ -476,6 +522,7 @@ def scan_panoptic_index(
             )
             if sample is not None:
                 samples.append(sample)
+    problems.extend(segment_categories.problems())
 
     for image_id, entry in image_entries.items():
         if image_id in annotated:
