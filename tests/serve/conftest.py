@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from panoptic_train.data.synthetic import write_dataset
+from panoptic_train.inference.model import load_model
 from panoptic_train.serve.launch import ServerProcess, serve_in_subprocess
 
 
@@ -47,6 +48,14 @@ SERVER_OPTIONS = (
     str(MAX_IMAGE_PIXELS),
 )
 
+# The ONNX server doubles as the back-pressure server: one queue place, batches of one and a
+# short timeout. Its tiny graph answers small images in milliseconds, far inside those limits,
+# while a 3000x3000 image takes over a second (the merge runs at full resolution); sharing one
+# server saves a start.
+TIGHT_TIMEOUT_S = 0.5
+ONNX_OPTIONS = ("--device", "cpu", "--max-batch", "1", "--max-queue", "1", "--max-wait-ms", "0")
+ONNX_OPTIONS += ("--timeout", str(TIGHT_TIMEOUT_S))
+
 
 @pytest.fixture(scope="session")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -76,3 +85,21 @@ def server(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def client(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=60, trust_env=False) as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def onnx_file(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's ONNX export (unverified and unsimplified: the export tests cover those)."""
+    pytest.importorskip("onnxruntime")
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    model = load_model(model_file, device="cpu")
+    return model.export_onnx(path, batch_size=2, simplify=False, verify=False)
+
+
+@pytest.fixture(scope="session")
+def onnx_server(
+    onnx_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("onnx_server") / "server.log"
+    with serve_in_subprocess(onnx_file, ONNX_OPTIONS, log=log) as process:
+        yield process

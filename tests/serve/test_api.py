@@ -24,7 +24,9 @@ from .conftest import LOOSE, MAX_BATCH, MAX_IMAGE_PIXELS
 
 
 @pytest.fixture(scope="module")
-def predicted_files(model_file: Path, images: list[Path], tmp_path_factory) -> Path:
+def predicted_files(
+    model_file: Path, images: list[Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """`panoptic-train predict --overlay` on the test images, for the server to match."""
     out = tmp_path_factory.mktemp("predicted")
     parser = argparse.ArgumentParser()

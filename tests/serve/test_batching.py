@@ -127,9 +127,11 @@ def test_an_error_in_run_reaches_its_callers_and_the_worker_goes_on() -> None:
         with pytest.raises(ValueError, match="cannot handle 0"):
             asyncio.run(batcher.submit(0, "k"))
         assert asyncio.run(batcher.submit(5, "k")) == 5
+        assert batcher.alive
     finally:
         batcher.stop()
     assert batcher.stats()["failed"] == 1
+    assert not batcher.alive
 
 
 @pytest.mark.parametrize(

@@ -9,30 +9,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from panoptic_train.inference.model import load_model
 from panoptic_train.inference.predict_files import panoptic_record
-from panoptic_train.serve.launch import serve_in_subprocess
+from panoptic_train.serve.launch import ServerProcess
 
-pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def onnx_file(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model's ONNX export (unverified and unsimplified: the export tests cover those)."""
-    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    model = load_model(model_file, device="cpu")
-    return model.export_onnx(path, batch_size=2, simplify=False, verify=False)
+from .conftest import TIGHT_TIMEOUT_S
 
 
-@pytest.fixture(scope="module")
-def onnx_client(
-    onnx_file: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[httpx.Client]:
-    log = tmp_path_factory.mktemp("onnx_server") / "server.log"
-    with (
-        serve_in_subprocess(onnx_file, ["--device", "cpu"], log=log) as server,
-        httpx.Client(base_url=server.url, timeout=60, trust_env=False) as client,
-    ):
+@pytest.fixture
+def onnx_client(onnx_server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=onnx_server.url, timeout=60, trust_env=False) as client:
         yield client
 
 
@@ -41,6 +26,12 @@ def test_info_names_onnxruntime_and_the_graph_precision(onnx_client: httpx.Clien
     assert (info["runtime"], info["device"], info["precision"]) == ("onnxruntime", "cpu", "fp32")
     assert info["model"] == "dinov3/vitt16-eomt"
     assert info["input_size"] == {"width": 64, "height": 64}
+    assert info["batching"] == {
+        "max_batch": 1,
+        "max_wait_ms": 0.0,
+        "max_queue": 1,
+        "timeout_s": TIGHT_TIMEOUT_S,
+    }
 
 
 def test_predictions_are_the_onnx_runners(
@@ -50,7 +41,9 @@ def test_predictions_are_the_onnx_runners(
 
     predictor = OnnxPredictor(onnx_file)
     for path in images[:2]:
-        body = onnx_client.post("/predict", content=path.read_bytes()).json()
+        response = onnx_client.post("/predict", content=path.read_bytes())
+        assert response.status_code == 200, response.text
+        body = response.json()
         expected = panoptic_record(predictor.predict(path))
         assert base64.b64decode(body["panoptic_png"]) == expected.png
         assert [s["id"] for s in body["segments"]] == [s["id"] for s in expected.segments_info]

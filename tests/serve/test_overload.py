@@ -1,33 +1,24 @@
-"""Back-pressure on a real server: with one queue place and a short timeout, a burst of slow
-requests gets 503 + Retry-After and 504, never a hang, and the server serves on afterwards."""
+"""Back-pressure on a real server (the ONNX one, see conftest): with one queue place and a short
+timeout, a burst of slow requests gets 503 + Retry-After and 504, never a hang, and the server
+serves on afterwards."""
 
 from __future__ import annotations
 
 import io
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import pytest
 from PIL import Image
 
-from panoptic_train.serve.launch import serve_in_subprocess
+from panoptic_train.serve.launch import ServerProcess
 
-TIMEOUT_S = 0.3
-# The tiny model needs about a second for a 1000x1000 image on two CPU cores (the merge runs at
-# full resolution), far beyond the timeout however busy the machine is.
-SLOW_IMAGE_SIDE = 1000
+from .conftest import TIGHT_TIMEOUT_S
 
-
-@pytest.fixture(scope="module")
-def tight_server(model_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    options = ["--device", "cpu", "--max-batch", "1", "--max-queue", "1"]
-    options += ["--max-wait-ms", "0", "--timeout", str(TIMEOUT_S)]
-    log = tmp_path_factory.mktemp("tight") / "server.log"
-    with serve_in_subprocess(model_file, options, log=log) as server:
-        yield server.url
+# Over a second for the tiny graph on two CPU cores (the merge runs at full resolution), well
+# beyond the server's timeout however busy the machine is.
+SLOW_IMAGE_SIDE = 3000
 
 
 def _png(side: int) -> bytes:
@@ -37,12 +28,12 @@ def _png(side: int) -> bytes:
 
 
 def test_a_burst_gets_503_with_retry_after_and_504_then_service_resumes(
-    tight_server: str, images: list[Path]
+    onnx_server: ServerProcess, images: list[Path]
 ) -> None:
     slow = _png(SLOW_IMAGE_SIDE)
 
     def post(_: int) -> httpx.Response:
-        with httpx.Client(base_url=tight_server, timeout=30, trust_env=False) as client:
+        with httpx.Client(base_url=onnx_server.url, timeout=30, trust_env=False) as client:
             return client.post("/predict", content=slow)
 
     started = time.monotonic()
@@ -57,9 +48,9 @@ def test_a_burst_gets_503_with_retry_after_and_504_then_service_resumes(
     for refused in by_status[503]:
         assert int(refused.headers["retry-after"]) >= 1
         assert "--max-queue" in refused.json()["detail"]
-    assert f"No result within {TIMEOUT_S:g} s" in by_status[504][0].json()["detail"]
+    assert f"No result within {TIGHT_TIMEOUT_S:g} s" in by_status[504][0].json()["detail"]
 
-    with httpx.Client(base_url=tight_server, timeout=30, trust_env=False) as client:
+    with httpx.Client(base_url=onnx_server.url, timeout=30, trust_env=False) as client:
         stats = client.get("/health").json()["batching"]
         assert stats["rejected"] == len(by_status[503])
         assert stats["timed_out"] == len(by_status[504])

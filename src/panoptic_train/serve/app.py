@@ -16,7 +16,7 @@ from importlib import resources
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -44,6 +44,20 @@ ThresholdQuery = Annotated[
     float | None,
     Query(ge=0, le=1, description="Override the model's default (see GET /info)."),
 ]
+
+
+def _request_thresholds(
+    request: Request,
+    threshold: ThresholdQuery = None,
+    mask_threshold: ThresholdQuery = None,
+    overlap_threshold: ThresholdQuery = None,
+) -> PostprocessConfig:
+    """The model's default thresholds with this request's overrides."""
+    defaults: PostprocessConfig = request.app.state.default_thresholds
+    return defaults.replace(threshold, mask_threshold, overlap_threshold)
+
+
+Thresholds = Annotated[PostprocessConfig, Depends(_request_thresholds)]
 _IMAGE_BODY = {
     "required": True,
     "description": f"The image: raw bytes as the body, or the multipart field '{FIELD}'.",
@@ -201,9 +215,12 @@ def create_app(model: ServedModel, config: ServeConfig | None = None) -> FastAPI
         ),
         lifespan=lifespan,
     )
+    app.state.default_thresholds = predictor.postprocess
     _add_error_handlers(app)
 
-    async def infer(request: Request, thresholds: PostprocessConfig) -> tuple[np.ndarray, Any]:
+    async def infer(
+        request: Request, thresholds: PostprocessConfig
+    ) -> tuple[np.ndarray, Mapping[str, Any]]:
         batcher.ensure_room()  # refuse before reading and decoding the body
         upload = await read_upload(request, max_bytes)
         image = await run_in_threadpool(decode_upload, upload, max_pixels)
@@ -233,9 +250,16 @@ def create_app(model: ServedModel, config: ServeConfig | None = None) -> FastAPI
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    @app.get("/health", summary="Liveness, queue length and batching counters")
-    async def health() -> Health:
-        return Health(status="ok", batching=BatchStats(**batcher.stats()))
+    @app.get(
+        "/health",
+        summary="Liveness, queue length and batching counters",
+        responses={503: {"model": Health, "description": "The model worker is not running"}},
+    )
+    async def health(response: Response) -> Health:
+        if not batcher.alive:
+            response.status_code = 503
+        status = "ok" if batcher.alive else "model worker stopped"
+        return Health(status=status, batching=BatchStats(**batcher.stats()))
 
     @app.get("/info", summary="The model: name, classes, input size, device, precision, limits")
     async def model_info() -> Info:
@@ -249,13 +273,10 @@ def create_app(model: ServedModel, config: ServeConfig | None = None) -> FastAPI
     )
     async def predict(
         request: Request,
-        threshold: ThresholdQuery = None,
-        mask_threshold: ThresholdQuery = None,
-        overlap_threshold: ThresholdQuery = None,
+        thresholds: Thresholds,
         overlay: Annotated[bool, Query(description="Also return the overlay PNG")] = False,
     ) -> Prediction:
         _check_query(request, (*THRESHOLDS, "overlay"))
-        thresholds = predictor.postprocess.replace(threshold, mask_threshold, overlap_threshold)
         image, result = await infer(request, thresholds)
         return await run_in_threadpool(prediction, image, result, overlay)
 
@@ -266,14 +287,8 @@ def create_app(model: ServedModel, config: ServeConfig | None = None) -> FastAPI
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}, **_ERRORS},
     )
-    async def overlay(
-        request: Request,
-        threshold: ThresholdQuery = None,
-        mask_threshold: ThresholdQuery = None,
-        overlap_threshold: ThresholdQuery = None,
-    ) -> Response:
+    async def overlay(request: Request, thresholds: Thresholds) -> Response:
         _check_query(request, THRESHOLDS)
-        thresholds = predictor.postprocess.replace(threshold, mask_threshold, overlap_threshold)
         image, result = await infer(request, thresholds)
         png = await run_in_threadpool(draw_overlay, image, result)
         return Response(png, media_type="image/png")

@@ -136,6 +136,11 @@ class MicroBatcher(Generic[Payload, Key, Result]):
         batches = math.ceil(self._queue.qsize() / self.config.max_batch)
         return max(1, math.ceil(batches * batch_seconds))
 
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread is running (it only stops with `stop`)."""
+        return self._thread.is_alive()
+
     def stats(self) -> dict[str, Any]:
         """Counters since start: batch sizes as run, refused / timed-out / failed jobs."""
         with self._lock:
