@@ -103,3 +103,24 @@ def test_layerwise_decay_and_schedule_on_eomt() -> None:
     assert groups["backbone.blocks.11"]["lr"] == 0.0
     apply_learning_rates(optimizer, schedule, step=19)
     assert groups["backbone.blocks.0"]["lr"] == pytest.approx(0.5**11 * 10 / 20)
+
+
+@pytest.mark.parametrize(
+    ("eps", "fraction"), [(1e-12, 1e-10 / (1e-10 + 1e-12)), (1e-8, 1e-10 / (1e-10 + 1e-8))]
+)
+def test_adam_eps_against_clipped_gradients(eps: float, fraction: float) -> None:
+    """After clipping to norm 0.01, a weight behind a LayerScale of 1e-5 sees gradients of about
+    1e-10. Adam's first step is lr * g / (|g| + eps): our default eps moves it at 99 % of its
+    learning rate, EoMT's 1e-8 at 1 % (hand-computed)."""
+    model = EoMT(EoMTConfig("vitt16", num_classes=3, num_queries=4, image_size=(32, 32)))
+    optimizer = build_optimizer(
+        model, lr=1e-3, llrd=1.0, llrd_joint_blocks=1.0, weight_decay=0.0, eps=eps
+    )
+    assert all(group["eps"] == eps for group in optimizer.param_groups)
+    weight = model.backbone.blocks[0].mlp.fc1.weight
+    before = weight.detach().clone()
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    weight.grad.fill_(1e-10)
+    optimizer.step()
+    assert (before - weight.detach()).mean().item() == pytest.approx(1e-3 * fraction, rel=1e-4)

@@ -105,6 +105,8 @@ class ModelArgs(StrictConfig):
     llrd: float = Field(0.8, gt=0.0, le=1.0)
     llrd_joint_blocks: float = Field(1.0, gt=0.0, le=1.0)
     weight_decay: float = Field(0.05, ge=0.0)
+    # AdamW's eps; EoMT uses PyTorch's 1e-8 (see `optim.build_optimizer` for why ours is lower).
+    optimizer_eps: float = Field(1e-12, gt=0.0)
     lr_warmup_steps: tuple[int, int] | Auto = "auto"
     poly_power: float = Field(0.9, gt=0.0)
     gradient_clip_val: float | None = Field(0.01, gt=0.0)

@@ -309,6 +309,7 @@ class Trainer:
                 llrd=args.llrd,
                 llrd_joint_blocks=args.llrd_joint_blocks,
                 weight_decay=args.weight_decay,
+                eps=args.optimizer_eps,
             )
         )
         if self.resume_from is not None:

@@ -58,7 +58,9 @@ def default_annealing_windows(
         fractions = [(10 / 24, 14 / 24), (16 / 24, 20 / 24)]
     else:
         num_phases = num_joint_blocks + 2
-        fractions = [((k + 1) / num_phases, (k + 2) / num_phases) for k in range(1, num_joint_blocks)]
+        fractions = [
+            ((k + 1) / num_phases, (k + 2) / num_phases) for k in range(1, num_joint_blocks)
+        ]
     windows = [(0, min(first_block_end, total_steps))]
     windows += [(round(start * total_steps), round(end * total_steps)) for start, end in fractions]
     return windows
@@ -159,10 +161,22 @@ def build_param_groups(
 
 
 def build_optimizer(
-    model: nn.Module, *, lr: float, llrd: float, llrd_joint_blocks: float, weight_decay: float
+    model: nn.Module,
+    *,
+    lr: float,
+    llrd: float,
+    llrd_joint_blocks: float,
+    weight_decay: float,
+    eps: float = 1e-12,
 ) -> torch.optim.AdamW:
-    """AdamW over `build_param_groups` (lrs are then driven by `apply_learning_rates`)."""
+    """AdamW over `build_param_groups` (lrs are then driven by `apply_learning_rates`).
+
+    `eps` sits far below the clipped gradients: clipping the global norm to 0.01 leaves the
+    weights inside a block whose LayerScale is still near its 1e-5 init (a randomly initialised
+    or small backbone) with gradients of about 1e-10 per element, and with EoMT's eps of 1e-8
+    Adam would move them at a few percent of their learning rate.
+    """
     groups = build_param_groups(
         model, lr=lr, llrd=llrd, llrd_joint_blocks=llrd_joint_blocks, weight_decay=weight_decay
     )
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, eps=eps)
