@@ -39,19 +39,58 @@ _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 # Mask modes whose colours are the RGB encoding (a palette maps indices to those colours).
 _MASK_MODES = frozenset({"RGB", "RGBA", "P"})
 
+# Images with more pixels are refused from their header, before decoding: PIL's own default
+# refusal (twice PIL.Image.MAX_IMAGE_PIXELS), as a DataError that names the limit to raise.
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+
+# What PIL raises for files it cannot decode (truncated, corrupt, unknown format, too large).
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
+
 PathLike = str | os.PathLike[str]
 
 
-def load_image(path: PathLike) -> np.ndarray:
-    """Decode an image file into an (H, W, 3) uint8 RGB array, upright as EXIF says."""
+def load_image(path: PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode an image file into an (H, W, 3) uint8 RGB array, upright as EXIF says.
+
+    DataError for a missing path, a folder, an unreadable file, and an image of more than
+    `max_pixels` pixels (checked from the header, before decoding).
+    """
     try:
         with Image.open(path) as image:
+            check_pixels(image, f"Image '{path}'", max_pixels)
             return decode_image(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (*_DECODE_ERRORS, Image.DecompressionBombError) as error:
+        raise _unreadable(path, error) from error
+
+
+def check_pixels(image: Image.Image, subject: str, max_pixels: int) -> None:
+    """DataError unless the (opened, not yet decoded) `image` has at most `max_pixels` pixels;
+    `subject` starts the message ("Image 'a.png'")."""
+    width, height = image.size
+    if width * height > max_pixels:
         raise DataError(
-            f"Cannot read image '{path}': {error}. Replace the file with a readable image in one "
-            f"of the formats {', '.join(IMAGE_EXTENSIONS)}."
-        ) from error
+            f"{subject} is {width}x{height} ({width * height:,} pixels), more than the limit of "
+            f"{max_pixels:,} pixels (max_image_pixels; --max-image-pixels on the command line). "
+            "Raise the limit if you trust the file, or downscale the image."
+        )
+
+
+def _unreadable(path: PathLike, error: BaseException) -> DataError:
+    """The DataError of an image file that cannot be opened or decoded, saying why."""
+    if isinstance(error, FileNotFoundError):
+        return DataError(f"Image '{path}' does not exist. Check the path.")
+    if isinstance(error, IsADirectoryError):
+        return DataError(f"'{path}' is a folder, not an image file. Pass an image file.")
+    if isinstance(error, Image.DecompressionBombError):
+        return DataError(
+            f"Image '{path}' has more pixels than PIL decodes: {error} Raise PIL's limit, "
+            "PIL.Image.MAX_IMAGE_PIXELS (--max-image-pixels on the command line does), if you "
+            "trust the file, or downscale the image."
+        )
+    return DataError(
+        f"Cannot read image '{path}': {error}. Replace the file with a readable image in one "
+        f"of the formats {', '.join(IMAGE_EXTENSIONS)}."
+    )
 
 
 def decode_image(image: Image.Image) -> np.ndarray:
@@ -81,11 +120,8 @@ def read_image_size(path: PathLike) -> tuple[int, int]:
         with Image.open(path) as image:
             width, height = image.size
             orientation = image.getexif().get(_EXIF_ORIENTATION_TAG)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(
-            f"Cannot read image '{path}': {error}. Replace the file with a readable image in one "
-            f"of the formats {', '.join(IMAGE_EXTENSIONS)}."
-        ) from error
+    except (*_DECODE_ERRORS, Image.DecompressionBombError) as error:
+        raise _unreadable(path, error) from error
     if orientation in _TRANSPOSING_ORIENTATIONS:
         return width, height
     return height, width

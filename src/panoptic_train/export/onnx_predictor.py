@@ -55,10 +55,10 @@ class OnnxPredictor(ExportedModelPredictor):
         self._category_ids = np.asarray(self.metadata.classes.class_ids, dtype=np.int64)
 
     def _predict_batch(
-        self, images: Sequence[Any], config: PostprocessConfig
+        self, images: Sequence[Any], config: PostprocessConfig, max_image_pixels: int
     ) -> list[dict[str, np.ndarray]]:
         metadata = self.metadata
-        arrays = [to_image_array(image) for image in images]
+        arrays = [to_image_array(image, max_image_pixels) for image in images]
         prepared = [
             resize_and_pad_array(array, metadata.image_size, metadata.mean, metadata.std)
             for array in arrays

@@ -11,7 +11,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from panoptic_train.errors import ConfigError
+from panoptic_train._validate import positive_int
+from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS
 from panoptic_train.export.metadata import ExportMetadata
 from panoptic_train.inference._array_ops import Array, array_ops
 from panoptic_train.inference.inputs import is_single_image
@@ -48,6 +49,7 @@ class ExportedModelPredictor(ABC):
         mask_threshold: float | None = None,
         overlap_threshold: float | None = None,
         batch_size: int = 8,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> dict[str, Array] | list[dict[str, Array]]:
         """Panoptic segmentation of one image, or of a list of images (run in batches).
 
@@ -55,21 +57,23 @@ class ExportedModelPredictor(ABC):
         (H, W, 2) with (category id, segment id), void -1 in both; `segment_ids` int64 (S,);
         `scores` float32 (S,); `labels` int64 (S,) category ids.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"predict batch_size must be a positive integer, got {batch_size!r}.")
+        positive_int(batch_size, "predict batch_size")
+        positive_int(max_image_pixels, "predict max_image_pixels")
         config = self.postprocess.replace(threshold, mask_threshold, overlap_threshold)
         images = [image] if is_single_image(image) else list(image)
         step = min(batch_size, self.max_batch_size or batch_size)
         results: list[dict[str, Array]] = []
         for start in range(0, len(images), step):
-            results.extend(self._predict_batch(images[start : start + step], config))
+            chunk = images[start : start + step]
+            results.extend(self._predict_batch(chunk, config, max_image_pixels))
         return results[0] if is_single_image(image) else results
 
     @abstractmethod
     def _predict_batch(
-        self, images: Sequence[Any], config: PostprocessConfig
+        self, images: Sequence[Any], config: PostprocessConfig, max_image_pixels: int
     ) -> list[dict[str, Array]]:
-        """Predict a batch of at most max_batch_size images."""
+        """Predict a batch of at most max_batch_size images (files and PIL images of more than
+        `max_image_pixels` pixels are refused before decoding)."""
 
 
 def to_category_ids(prediction: PanopticPrediction, category_ids: Array) -> dict[str, Array]:

@@ -119,10 +119,10 @@ class TensorRTPredictor(ExportedModelPredictor):
 
     @torch.inference_mode()
     def _predict_batch(
-        self, images: Sequence[Any], config: PostprocessConfig
+        self, images: Sequence[Any], config: PostprocessConfig, max_image_pixels: int
     ) -> list[dict[str, Tensor]]:
         metadata = self.metadata
-        tensors = [to_image_tensor(image) for image in images]
+        tensors = [to_image_tensor(image, max_image_pixels) for image in images]
         prepared = [
             resize_and_pad(tensor, metadata.image_size, metadata.mean, metadata.std)
             for tensor in tensors

@@ -1,9 +1,10 @@
 """The image kinds `predict` and `visualize` accept, turned into one tensor layout.
 
-Files go through `data.io.load_image`, the decoder training and validation use (EXIF orientation,
-any colour mode or bit depth to 8-bit RGB), so a file predicts exactly as it validated. Paths, PIL
+Files and PIL images go through the decoder training and validation use (`data.io`: EXIF
+orientation, any colour mode or bit depth to 8-bit RGB), so an image predicts the same whether it
+is passed as a path or as the PIL image of that file, and exactly as it validated. Paths, PIL
 images and numpy arrays are converted without torch (`to_image_array`), which the exported-model
-runners use; torch is imported only for tensors.
+runners use; torch is imported only for tensors. Empty images and tensors with NaN are errors.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 from PIL import Image
 
-from panoptic_train.data.io import load_image
+from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS, check_pixels, decode_image, load_image
 from panoptic_train.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -34,18 +35,19 @@ def is_single_image(value: Any) -> bool:
     return not isinstance(value, (list, tuple))
 
 
-def to_image_tensor(image: ImageInput) -> Tensor:
+def to_image_tensor(image: ImageInput, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Tensor:
     """One image as a (3, H, W) CPU tensor: uint8 for decoded images, float32 in [0, 1] as given.
 
     Float tensors keep their precision (no round trip through uint8); preprocessing converts
-    both kinds the same way.
+    both kinds the same way. Files and PIL images of more than `max_pixels` pixels are refused
+    before decoding (DataError).
     """
     import torch
 
     if isinstance(image, torch.Tensor):
         return _from_tensor(image)
     if isinstance(image, (str, os.PathLike, Image.Image, np.ndarray)):
-        array = np.ascontiguousarray(to_image_array(image))
+        array = np.ascontiguousarray(to_image_array(image, max_pixels))
         if not array.flags.writeable:  # torch cannot share read-only memory (PIL's arrays)
             array = array.copy()
         return torch.from_numpy(array).permute(2, 0, 1)
@@ -54,18 +56,33 @@ def to_image_tensor(image: ImageInput) -> Tensor:
     )
 
 
-def to_image_array(image: str | os.PathLike[str] | Image.Image | np.ndarray) -> np.ndarray:
+def to_image_array(
+    image: str | os.PathLike[str] | Image.Image | np.ndarray,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> np.ndarray:
     """One image as an (H, W, 3) uint8 RGB numpy array; no torch involved."""
     if isinstance(image, (str, os.PathLike)):
-        return load_image(Path(image))
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        return _rgb_from_numpy(image)
-    raise ConfigError(
-        f"Cannot predict on an object of type {type(image).__name__}: pass an image path, a PIL "
-        "image or a numpy (H, W, 3) uint8 array."
-    )
+        array = load_image(Path(image), max_pixels)
+    elif isinstance(image, Image.Image):
+        check_pixels(image, "The PIL image", max_pixels)
+        array = decode_image(image)
+    elif isinstance(image, np.ndarray):
+        array = _rgb_from_numpy(image)
+    else:
+        raise ConfigError(
+            f"Cannot predict on an object of type {type(image).__name__}: pass an image path, a "
+            "PIL image or a numpy (H, W, 3) uint8 array."
+        )
+    _check_not_empty(array.shape[:2], f"shape {array.shape}")
+    return array
+
+
+def _check_not_empty(size: tuple[int, ...], described: str) -> None:
+    if 0 in size:
+        raise ConfigError(
+            f"Cannot predict on an empty image ({described}): height and width must be at "
+            "least 1 pixel."
+        )
 
 
 def to_uint8_image(image: ImageInput) -> Tensor:
@@ -102,12 +119,19 @@ def _from_tensor(tensor: Tensor) -> Tensor:
             f"A torch image must be (3, H, W) (or (1, H, W) gray), channels first, got shape "
             f"{tuple(tensor.shape)}. For a batch, pass a list of images."
         )
-    tensor = tensor.detach().cpu().expand(3, -1, -1)
+    _check_not_empty(tuple(tensor.shape[1:]), f"shape {tuple(tensor.shape)}")
+    tensor = tensor.detach().cpu()
     if tensor.dtype == torch.uint8:
-        return tensor.contiguous()
+        return tensor.expand(3, -1, -1).contiguous()
     if not tensor.is_floating_point():
         raise ConfigError(
             f"A torch image must be uint8 (0..255) or float (0..1), got dtype {tensor.dtype}."
+        )
+    not_finite = int((~torch.isfinite(tensor)).sum())
+    if not_finite:
+        raise ConfigError(
+            f"A float torch image holds {not_finite} NaN or infinite value(s), which would make "
+            "the prediction garbage. Replace them (e.g. with torch.nan_to_num) before predicting."
         )
     low, high = tensor.min().item(), tensor.max().item()
     if low < 0 or high > 1:
@@ -116,4 +140,4 @@ def _from_tensor(tensor: Tensor) -> Tensor:
             "Divide 0..255 images by 255 (or pass them as uint8); pass images unnormalised, "
             "`predict` normalises them itself."
         )
-    return tensor.float().contiguous()
+    return tensor.expand(3, -1, -1).float().contiguous()

@@ -16,7 +16,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from panoptic_train._validate import positive_int
 from panoptic_train.data.coco import ClassMapping
+from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS
 from panoptic_train.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_and_pad
 from panoptic_train.errors import ConfigError, WeightsError
 from panoptic_train.inference.inputs import ImageInput, is_single_image, to_image_tensor
@@ -86,25 +88,31 @@ class PanopticSegmentationModel:
         mask_threshold: float | None = None,
         overlap_threshold: float | None = None,
         batch_size: int = 8,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         """Panoptic segmentation of one image, or of a list of images (run in batches).
 
         image: a path, PIL image, numpy (H, W, 3) uint8 array, torch (3, H, W) tensor (uint8, or
             float in 0..1), or a list/tuple of these.
         threshold, mask_threshold, overlap_threshold: override `self.postprocess` for this call.
+        max_image_pixels: files and PIL images with more pixels are refused (DataError) before
+            they are decoded.
 
         Returns per image a dict of CPU tensors:
             masks: int64 (H, W, 2) at the image's size: (category id, segment id) per pixel;
                 void pixels are -1 in both channels.
             segment_ids: int64 (S,); scores: float32 (S,); labels: int64 (S,) category ids.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"predict batch_size must be a positive integer, got {batch_size!r}.")
+        positive_int(batch_size, "predict batch_size")
+        positive_int(max_image_pixels, "predict max_image_pixels")
         config = self.postprocess.replace(threshold, mask_threshold, overlap_threshold)
         images = [image] if is_single_image(image) else list(image)
         results: list[dict[str, Tensor]] = []
         for start in range(0, len(images), batch_size):
-            chunk = [to_image_tensor(item) for item in images[start : start + batch_size]]
+            chunk = [
+                to_image_tensor(item, max_image_pixels)
+                for item in images[start : start + batch_size]
+            ]
             results.extend(self._predict_batch(chunk, config))
         return results[0] if is_single_image(image) else results
 
