@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     predictions = out / "predictions"
     val_images = collect_images([data["val"]["images"]])
     image_ids = image_ids_from_annotations(data["val"]["annotations"])
-    report = predict_files(model, val_images, predictions, image_ids=image_ids)
+    report = predict_files(model, val_images, predictions, image_ids=image_ids, overwrite=True)
     metrics_file = out / "metrics.json"
     results = evaluate_panoptic(
         data["val"]["annotations"],

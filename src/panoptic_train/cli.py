@@ -24,6 +24,18 @@ EXIT_BAD_INPUT = 2
 EXIT_CANNOT_WRITE = 3
 EXIT_INTERRUPTED = 130
 
+
+def positive_int(text: str) -> int:
+    """argparse type of options such as --batch-size: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 # subcommand -> module implementing it
 COMMANDS: dict[str, str] = {
     "train": "panoptic_train.train._cli",

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from panoptic_train.cli import EXIT_OK, EXIT_SOME_INPUTS_FAILED, positive_int
+from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS
+
 HELP = "Predict panoptic segmentations of images (files or folders) into COCO panoptic files."
 
 
@@ -17,7 +20,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "inputs", metavar="INPUT", nargs="+", help="image files and/or folders of images"
     )
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--out", required=True, help="output folder; must be empty unless --overwrite or --resume"
+    )
+    reuse = parser.add_mutually_exclusive_group()
+    reuse.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="remove the predictions already in --out (only this tool's files) and start afresh",
+    )
+    reuse.add_argument(
+        "--resume",
+        action="store_true",
+        help="complete the predictions in --out: images already written there are skipped "
+        "(same model and thresholds only)",
+    )
     parser.add_argument(
         "--overlay", action="store_true", help="also write overlays to OUT/overlays/"
     )
@@ -26,7 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="COCO JSON whose image ids the predictions should use (matched by file name), so "
         "that `panoptic-train evaluate` can score them against it; default id: the file stem",
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (8)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=8, help="images per forward pass (8)"
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="larger images are skipped, from their header, before decoding "
+        f"({DEFAULT_MAX_IMAGE_PIXELS:,})",
+    )
     parser.add_argument("--device", help="'cpu' or 'cuda' (default: cuda when available)")
     parser.add_argument(
         "--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="(auto)"
@@ -38,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from PIL import Image
     from tqdm import tqdm
 
     from panoptic_train.inference.model import load_model
@@ -46,28 +73,36 @@ def run(args: argparse.Namespace) -> int:
         image_ids_from_annotations,
         predict_files,
     )
+    from panoptic_train.inference.prediction_folder import PredictionFolder
 
     images = collect_images(args.inputs)
     image_ids = image_ids_from_annotations(args.annotations) if args.annotations else None
+    # Before the model loads: a folder that cannot be written or holds another run fails fast.
+    folder = PredictionFolder.open(args.out, overwrite=args.overwrite, resume=args.resume)
+    # --max-image-pixels is checked on every header; PIL's own process-wide limit would refuse
+    # a larger --max-image-pixels (and warns below it), so this process leaves the limit to it.
+    Image.MAX_IMAGE_PIXELS = None
     model = load_model(args.model, device=args.device, precision=args.precision)
     with tqdm(total=len(images), unit="img", desc="predict") as bar:
         report = predict_files(
             model,
             images,
-            args.out,
+            folder,
             overlay=args.overlay,
             batch_size=args.batch_size,
             image_ids=image_ids,
+            max_image_pixels=args.max_image_pixels,
             on_progress=bar.update,
             on_skip=lambda path, reason: bar.write(f"skipped {path}: {reason}", file=sys.stderr),
             threshold=args.threshold,
             mask_threshold=args.mask_threshold,
             overlap_threshold=args.overlap_threshold,
         )
-    print(f"Wrote {len(report.written)} predictions: {report.predictions_json}")
+    resumed = f" ({len(report.resumed)} done before, kept)" if report.resumed else ""
+    print(f"Wrote {len(report.written)} predictions{resumed}: {report.predictions_json}")
     if report.skipped:
         print(f"Skipped {len(report.skipped)} unreadable image(s):", file=sys.stderr)
         for path, reason in report.skipped.items():
             print(f"  {path}: {reason}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_SOME_INPUTS_FAILED
+    return EXIT_OK

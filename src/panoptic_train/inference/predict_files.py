@@ -1,6 +1,7 @@
 """Predict a set of image files and write the results in COCO panoptic format.
 
-Output folder layout (scorable by `panoptic-train evaluate` or COCO's panopticapi):
+Output folder layout (scorable by `panoptic-train evaluate` or COCO's panopticapi; see
+`inference.prediction_folder` for how a folder is reused, resumed or refused):
 
     OUT/panoptic/<stem>.png      segment id per pixel as R + 256·G + 256²·B (0 = void)
     OUT/predictions.json         {"images", "annotations" (with segments_info), "categories"}
@@ -9,10 +10,14 @@ Output folder layout (scorable by `panoptic-train evaluate` or COCO's panopticap
 PNG segment ids are `predict`'s segment id + 1, since COCO panoptic reserves 0 for void.
 `panoptic_record` builds an image's PNG and segments; `panoptic-train serve` returns the same.
 Decoding runs in a few threads ahead of the network, so disk and decode time overlap inference.
+An image that cannot be read (or is over the pixel limit) is skipped and reported; the others
+are still written.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -27,24 +32,24 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from panoptic_train._io import atomic_write, atomic_write_json
-from panoptic_train.data.io import IMAGE_EXTENSIONS, encode_segment_ids
+from panoptic_train._io import atomic_write
+from panoptic_train._validate import positive_int
+from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, encode_segment_ids
 from panoptic_train.errors import ConfigError, DataError
 from panoptic_train.inference.inputs import to_image_tensor
 from panoptic_train.inference.model import PanopticSegmentationModel
+from panoptic_train.inference.prediction_folder import PredictionFolder, Record
 from panoptic_train.inference.visualize import visualize
-
-PREDICTIONS_JSON = "predictions.json"
-MASKS_DIR = "panoptic"
-OVERLAYS_DIR = "overlays"
 
 
 @dataclass
 class PredictFilesReport:
-    """What `predict_files` wrote and which inputs it had to skip (path -> reason)."""
+    """What `predict_files` wrote, which inputs it had to skip (path -> reason) and which a
+    resumed run found done already."""
 
     written: list[Path] = field(default_factory=list)
     skipped: dict[Path, str] = field(default_factory=dict)
+    resumed: list[Path] = field(default_factory=list)
     predictions_json: Path | None = None
 
 
@@ -95,64 +100,104 @@ def image_ids_from_annotations(annotations: str | os.PathLike[str]) -> dict[str,
 def predict_files(
     model: PanopticSegmentationModel,
     images: Sequence[Path],
-    out: str | os.PathLike[str],
+    out: str | os.PathLike[str] | PredictionFolder,
     *,
     overlay: bool = False,
     batch_size: int = 8,
     image_ids: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     on_progress: Callable[[int], None] | None = None,
     on_skip: Callable[[Path, str], None] | None = None,
     **thresholds: float | None,
 ) -> PredictFilesReport:
     """Predict `images` and write PNGs, `predictions.json` and optional overlays under `out`.
 
+    out: the output folder, or a `PredictionFolder` opened before (the command line opens it
+        before loading the model, so that a bad folder fails fast). A folder that holds
+        anything is refused unless `overwrite` (this tool's files there are removed first) or
+        `resume` (images a previous run with the same model and thresholds completed there are
+        kept and not predicted again).
     image_ids: file stem -> image id (see `image_ids_from_annotations`); the stem otherwise.
-    on_progress: told how many more images are done (written or skipped), e.g. a bar's update.
+    max_image_pixels: larger images are skipped, from their header, before decoding.
+    on_progress: told how many more images are done (written, skipped or resumed), e.g. a bar's
+        update.
     on_skip: told about each unreadable image, which is skipped rather than aborting the run.
     thresholds: `threshold`, `mask_threshold`, `overlap_threshold` overrides for `predict`.
     """
-    out = Path(out)
+    positive_int(batch_size, "predict_files batch_size")
+    positive_int(max_image_pixels, "predict_files max_image_pixels")
+    config = model.postprocess.replace(**thresholds)
+    folder = (
+        out
+        if isinstance(out, PredictionFolder)
+        else PredictionFolder.open(out, overwrite=overwrite, resume=resume)
+    )
     report = PredictFilesReport()
-    records: list[tuple[dict[str, Any], dict[str, Any]]] = []
-    batch: list[tuple[Path, Tensor]] = []
+    batch: list[tuple[Path, Any, Tensor]] = []
+
+    def progress(count: int) -> None:
+        if on_progress is not None:
+            on_progress(count)
 
     def flush() -> None:
-        results = model.predict([tensor for _, tensor in batch], **thresholds)
-        for (path, tensor), result in zip(batch, results, strict=True):
-            image_id = (image_ids or {}).get(path.stem, path.stem)
-            records.append(_write_result(out, path, image_id, result))
+        tensors = [tensor for _, _, tensor in batch]
+        results = model.predict(tensors, batch_size=len(tensors), **dataclasses.asdict(config))
+        for (path, image_id, tensor), result in zip(batch, results, strict=True):
+            folder.add(_write_result(folder, path, image_id, result))
             if overlay:
                 rendered = visualize(tensor, result, model.classes)
-                _write_file(out / OVERLAYS_DIR / f"{path.stem}.png", encode_png(rendered))
-            report.written.append(out / MASKS_DIR / f"{path.stem}.png")
-        if on_progress is not None:
-            on_progress(len(batch))
+                _write_file(folder.overlay_path(path), encode_png(rendered))
+            report.written.append(folder.mask_path(path))
+        progress(len(batch))
         batch.clear()
 
-    for path, decoded in _decode_ahead(images, depth=2 * batch_size):
-        if isinstance(decoded, DataError):
-            report.skipped[path] = str(decoded)
-            if on_skip is not None:
-                on_skip(path, str(decoded))
-            if on_progress is not None:
-                on_progress(1)
-            continue
-        batch.append((path, decoded))
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
+    def to_predict() -> Iterator[Path]:
+        for path in images:
+            if folder.is_done(path, _image_id(path, image_ids), overlay):
+                report.resumed.append(path)
+                progress(1)
+            else:
+                yield path
 
-    report.predictions_json = out / PREDICTIONS_JSON
-    atomic_write_json(
-        {
-            "images": [image for image, _ in records],
-            "annotations": [annotation for _, annotation in records],
-            "categories": model.class_mapping.to_list(),
-        },
-        report.predictions_json,
-    )
+    folder.start(_run_settings(model, config))
+    try:
+        for path, decoded in _decode_ahead(to_predict(), 2 * batch_size, max_image_pixels):
+            if isinstance(decoded, DataError):
+                report.skipped[path] = str(decoded)
+                if on_skip is not None:
+                    on_skip(path, str(decoded))
+                progress(1)
+                continue
+            batch.append((path, _image_id(path, image_ids), decoded))
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+        report.predictions_json = folder.finish(model.class_mapping.to_list(), images)
+    finally:
+        folder.close()
     return report
+
+
+def _image_id(path: Path, image_ids: Mapping[str, Any] | None) -> Any:
+    return (image_ids or {}).get(path.stem, path.stem)
+
+
+def _run_settings(model: PanopticSegmentationModel, config: Any) -> dict[str, Any]:
+    """What must not change when a run is resumed: the model (its name, classes, input size and a
+    digest of its class head, which every training step changes) and the thresholds."""
+    digest = hashlib.sha256()
+    for tensor in model.network.class_head.state_dict().values():
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return {
+        "model_name": model.model_name,
+        "classes": model.class_mapping.to_list(),
+        "image_size": list(model.image_size),
+        "class_head_sha256": digest.hexdigest(),
+        "postprocess": dataclasses.asdict(config),
+    }
 
 
 @dataclass(frozen=True)
@@ -205,12 +250,14 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _decode_ahead(paths: Iterable[Path], depth: int) -> Iterator[tuple[Path, Tensor | DataError]]:
+def _decode_ahead(
+    paths: Iterable[Path], depth: int, max_pixels: int
+) -> Iterator[tuple[Path, Tensor | DataError]]:
     """Decode images in threads, at most `depth` ahead; failures come back as DataError."""
 
     def decode(path: Path) -> Tensor | DataError:
         try:
-            return to_image_tensor(path)
+            return to_image_tensor(path, max_pixels)
         except DataError as error:
             return error
 
@@ -227,12 +274,12 @@ def _decode_ahead(paths: Iterable[Path], depth: int) -> Iterator[tuple[Path, Ten
 
 
 def _write_result(
-    out: Path, path: Path, image_id: Any, result: dict[str, Tensor]
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    folder: PredictionFolder, path: Path, image_id: Any, result: dict[str, Tensor]
+) -> Record:
     """Write one PNG; return its `images` and `annotations` JSON entries."""
     record = panoptic_record(result)
-    file_name = f"{path.stem}.png"
-    _write_file(out / MASKS_DIR / file_name, record.png)
+    file_name = folder.mask_path(path).name
+    _write_file(folder.mask_path(path), record.png)
     image = {"id": image_id, "file_name": path.name, "height": record.height, "width": record.width}
     annotation = {
         "image_id": image_id,
