@@ -52,7 +52,8 @@ def test_backbone_blocks_train_from_a_random_init(
     synthetic_data: dict[str, Any], tmp_path: Path
 ) -> None:
     """With the default eps the blocks move tens of times more than with EoMT's 1e-8 over the
-    same seeded steps (measured: 28x, 3.6e-5 against 1.3e-6); the old default fails the 10x bound."""
+    same seeded steps (measured: 28x, 3.6e-5 against 1.3e-6); the old default fails the 10x
+    bound."""
     initial = _initial_weights(synthetic_data, tmp_path)
     movement = {}
     for eps in (1e-12, 1e-8):
