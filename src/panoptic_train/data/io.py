@@ -8,7 +8,11 @@ them see the same conversions: EXIF orientation applied, any colour mode or bit 
 from __future__ import annotations
 
 import os
+import struct
+import zlib
+from collections.abc import Iterable
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -45,6 +49,13 @@ DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 
 # What PIL raises for files it cannot decode (truncated, corrupt, unknown format, too large).
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
+
+# Decoded pixels are copied out of PIL in bands of this many bytes.
+_COPY_BAND_BYTES = 1 << 24
+
+# Mask PNGs written band by band (`write_segment_png`): zlib at PIL's default level.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COMPRESSION = 6
 
 PathLike = str | os.PathLike[str]
 
@@ -99,7 +110,10 @@ def decode_image(image: Image.Image) -> np.ndarray:
     For callers that open images themselves (the server reads uploads from memory and checks
     their size from the header first); decoding errors are PIL's, for the caller to word.
     """
-    return _to_rgb_array(ImageOps.exif_transpose(image))
+    if image.getexif().get(_EXIF_ORIENTATION_TAG, 1) != 1:
+        # Only then: without an orientation to apply, exif_transpose returns a full copy.
+        image = ImageOps.exif_transpose(image)
+    return _to_rgb_array(image)
 
 
 def _to_rgb_array(image: Image.Image) -> np.ndarray:
@@ -110,8 +124,16 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
         return np.repeat(gray[:, :, None], 3, axis=2)
     if image.mode != "RGB":
         image = image.convert("RGB")
-    # np.array (not asarray): a writable copy, which torch.from_numpy accepts without warning.
-    return np.array(image, dtype=np.uint8)
+    # Copied band by band into one writable array (which torch.from_numpy takes without a
+    # warning): np.array(image) would hold the pixels three times over (PIL's own, the bytes of
+    # its tobytes() and the copy), 1 GB more than needed for a 100 MP photo.
+    width, height = image.size
+    pixels = np.empty((height, width, 3), dtype=np.uint8)
+    rows = max(1, _COPY_BAND_BYTES // (3 * width))
+    for top in range(0, height, rows):
+        bottom = min(top + rows, height)
+        pixels[top:bottom] = np.asarray(image.crop((0, top, width, bottom)))
+    return pixels
 
 
 def read_image_size(path: PathLike) -> tuple[int, int]:
@@ -138,6 +160,37 @@ def encode_segment_ids(segment_ids: np.ndarray) -> np.ndarray:
     ids = segment_ids.astype(np.int64)
     shifts = np.array([0, 8, 16], dtype=np.int64)
     return ((ids[..., None] >> shifts) & 0xFF).astype(np.uint8)
+
+
+def write_segment_png(
+    handle: IO[bytes], height: int, width: int, bands: Iterable[np.ndarray]
+) -> None:
+    """Write a COCO panoptic mask PNG (8-bit RGB, id = R + 256·G + 256²·B) from successive row
+    bands of (rows, width) segment ids in [0, 2^24), each encoded and compressed as it comes: the
+    whole image is never in memory, as PIL's encoder would need it."""
+
+    def chunk(kind: bytes, data: bytes) -> None:
+        handle.write(struct.pack(">I", len(data)) + kind + data)
+        handle.write(struct.pack(">I", zlib.crc32(kind + data)))
+
+    handle.write(_PNG_SIGNATURE)
+    chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))  # 8-bit RGB
+    compressor = zlib.compressobj(_PNG_COMPRESSION)
+    rows = 0
+    for band in bands:
+        count = band.shape[0]
+        # Little-endian uint32 bytes are R, G, B and a zero byte: drop the fourth.
+        rgb = np.ascontiguousarray(band, dtype="<u4").view(np.uint8).reshape(count, width, 4)
+        scanlines = np.zeros((count, 1 + 3 * width), dtype=np.uint8)  # filter byte 0: none
+        scanlines[:, 1:] = rgb[:, :, :3].reshape(count, 3 * width)
+        data = compressor.compress(scanlines.tobytes())
+        if data:
+            chunk(b"IDAT", data)
+        rows += count
+    if rows != height:
+        raise ValueError(f"The bands hold {rows} rows for a PNG of height {height}.")
+    chunk(b"IDAT", compressor.flush())
+    chunk(b"IEND", b"")
 
 
 def load_segment_ids(path: PathLike) -> np.ndarray:

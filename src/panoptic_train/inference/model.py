@@ -1,8 +1,9 @@
 """`load_model` and the model object it returns: `predict`, class names, export.
 
 `predict` runs the same three steps as validation: `data.transforms.resize_and_pad`, the EoMT
-eval forward pass, `inference.postprocess.panoptic_postprocess`; only the mapping from class
-indices to the dataset's category ids is added here.
+eval forward pass, the merge of `inference.postprocess` (`panoptic_merge`, whose row bands let
+`predict_files` stream the maps of huge images); only the mapping from class indices to the
+dataset's category ids is added here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -23,14 +24,21 @@ from panoptic_train.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_a
 from panoptic_train.errors import ConfigError, WeightsError
 from panoptic_train.inference.inputs import ImageInput, is_single_image, to_image_tensor
 from panoptic_train.inference.model_file import ExportedModel, read_model_dict
-from panoptic_train.inference.postprocess import (
-    PanopticPrediction,
-    PostprocessConfig,
-    panoptic_postprocess,
-)
+from panoptic_train.inference.postprocess import PanopticMerge, PostprocessConfig, panoptic_merge
 from panoptic_train.models.eomt import EoMT
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
+
+
+class PreparedImage(NamedTuple):
+    """An image ready for the network: `inputs` float32 (3, S_h, S_w) normalised and padded,
+    `resized_size` the image's size inside the padding, `orig_size` its own (height, width)."""
+
+    inputs: Tensor
+    resized_size: tuple[int, int]
+    orig_size: tuple[int, int]
+
+
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -109,47 +117,53 @@ class PanopticSegmentationModel:
         images = [image] if is_single_image(image) else list(image)
         results: list[dict[str, Tensor]] = []
         for start in range(0, len(images), batch_size):
-            chunk = [
-                to_image_tensor(item, max_image_pixels)
-                for item in images[start : start + batch_size]
-            ]
-            results.extend(self._predict_batch(chunk, config))
+            chunk = images[start : start + batch_size]
+            prepared = [self.prepare(to_image_tensor(item, max_image_pixels)) for item in chunk]
+            results.extend(self.result(merge) for merge in self.merge(prepared, config))
         return results[0] if is_single_image(image) else results
 
+    def prepare(self, image: Tensor) -> PreparedImage:
+        """One image (`inputs.to_image_tensor`'s layout) as the network takes it, with the sizes
+        the merge needs: validation's `resize_and_pad`, on the CPU (threads may call it, so that
+        the full-size image can be dropped before the network runs)."""
+        inputs, resized = resize_and_pad(image, self.image_size, self.mean, self.std)
+        return PreparedImage(inputs, resized, (int(image.shape[-2]), int(image.shape[-1])))
+
     @torch.inference_mode()
-    def _predict_batch(
-        self, images: list[Tensor], config: PostprocessConfig
-    ) -> list[dict[str, Tensor]]:
-        prepared = [resize_and_pad(image, self.image_size, self.mean, self.std) for image in images]
-        batch = torch.stack([inputs for inputs, _ in prepared]).to(self.device, non_blocking=True)
+    def merge(
+        self, prepared: Sequence[PreparedImage], config: PostprocessConfig
+    ) -> list[PanopticMerge]:
+        """The network on a batch of prepared images, and the panoptic merge of each (in row
+        bands: `PanopticMerge.bands()` streams the maps of a huge image, `result` builds all)."""
+        batch = torch.stack([image.inputs for image in prepared]).to(self.device, non_blocking=True)
         with self._autocast():
             output = self._forward(batch)
-        predictions = panoptic_postprocess(
+        return panoptic_merge(
             output.class_logits[-1],
             output.mask_logits[-1],
             self._thing_flags,
             input_size=self.image_size,
-            resized_sizes=[resized for _, resized in prepared],
-            orig_sizes=[tuple(image.shape[-2:]) for image in images],
+            resized_sizes=[image.resized_size for image in prepared],
+            orig_sizes=[image.orig_size for image in prepared],
             config=config,
         )
-        return [self._to_category_ids(prediction) for prediction in predictions]
+
+    def categories(self, class_indices: Tensor) -> Tensor:
+        """The dataset's category ids of contiguous class indices (on the model's device)."""
+        return self._category_ids[class_indices]
 
     def _autocast(self) -> AbstractContextManager[Any]:
         if self.dtype == torch.float32:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def _to_category_ids(self, prediction: PanopticPrediction) -> dict[str, Tensor]:
-        """Contiguous class indices -> the dataset's category ids (void stays -1), on the CPU."""
-        masks = prediction["masks"].clone()
-        classes = masks[..., 0]
-        masks[..., 0] = torch.where(classes >= 0, self._category_ids[classes.clamp(min=0)], -1)
+    def result(self, merge: PanopticMerge) -> dict[str, Tensor]:
+        """`predict`'s dict of one merge: category ids instead of class indices, on the CPU."""
         return {
-            "masks": masks.cpu(),
-            "segment_ids": prediction["segment_ids"].cpu(),
-            "scores": prediction["scores"].cpu(),
-            "labels": self._category_ids[prediction["labels"]].cpu(),
+            "masks": merge.masks(self._category_ids).cpu(),
+            "segment_ids": merge.segment_ids.cpu(),
+            "scores": merge.scores.cpu(),
+            "labels": self.categories(merge.labels).cpu(),
         }
 
     def to_exported(self) -> ExportedModel:

@@ -15,7 +15,7 @@ export with the merge baked in traces.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypedDict
 
@@ -121,6 +121,32 @@ def panoptic_postprocess(
         is padding at the bottom/right and is cropped off).
     orig_sizes: per image, the (height, width) the result is returned at.
     """
+    merges = panoptic_merge(
+        class_logits, mask_logits, is_thing, input_size, resized_sizes, orig_sizes, config
+    )
+    return [
+        PanopticPrediction(
+            masks=merge.masks(),
+            segment_ids=merge.segment_ids,
+            scores=merge.scores,
+            labels=merge.labels,
+        )
+        for merge in merges
+    ]
+
+
+def panoptic_merge(
+    class_logits: Array,
+    mask_logits: Array,
+    is_thing: Sequence[bool] | Array,
+    input_size: tuple[int, int],
+    resized_sizes: Sequence[tuple[int, int]],
+    orig_sizes: Sequence[tuple[int, int]],
+    config: PostprocessConfig | None = None,
+) -> list[PanopticMerge]:
+    """`panoptic_postprocess` before the full-resolution maps exist: per image, the segments and
+    the merge in row bands, so that a writer can stream the map of a very large image (see
+    `PanopticMerge`). Arguments as `panoptic_postprocess`."""
     config = config or PostprocessConfig()
     ops = array_ops(class_logits)
     batch, num_queries, num_logits = class_logits.shape
@@ -142,11 +168,11 @@ def panoptic_postprocess(
         )
     scores, labels = class_scores(ops, class_logits)
     keep = (labels != num_logits - 1) & (scores > config.threshold)
-    predictions = []
+    merges = []
     for i in range(batch):
         # Only the confident queries take part: the merge then costs K, not Q, maps per pixel.
         kept = keep[i]
-        merged = merge_queries(
+        merge = _merge_in_bands(
             ops,
             scores=scores[i][kept][None],
             labels=labels[i][kept][None],
@@ -156,18 +182,49 @@ def panoptic_postprocess(
             resized_size=resized_sizes[i],
             orig_size=orig_sizes[i],
             config=config,
+            keep=None,
             max_band_elements=_MAX_BAND_ELEMENTS,
+            one_buffer=True,
         )
-        count = int(merged.num_segments[0])
-        predictions.append(
-            PanopticPrediction(
-                masks=merged.masks[0],
-                segment_ids=ops.asarray(np.arange(count, dtype=np.int64), like=class_logits),
-                scores=merged.scores[0, :count],
-                labels=merged.labels[0, :count],
-            )
-        )
-    return predictions
+        merges.append(PanopticMerge(ops, merge, like=class_logits))
+    return merges
+
+
+class PanopticMerge:
+    """One image's merge: its segments, and its (class index, segment id) maps by row band.
+
+    The maps are built band by band from one int16 per pixel (the query it went to), so a
+    writer that consumes `bands()` in turn holds 2 bytes per pixel, not the 16 of `masks()`.
+
+    segment_ids, scores, labels: as in PanopticPrediction (labels: contiguous class indices).
+    height, width: the size of the maps.
+    """
+
+    def __init__(self, ops: ArrayOps, merge: _BandMerge, like: Array) -> None:
+        self._ops = ops
+        self._merge = merge
+        count = int(merge.num_segments[0])
+        self.segment_ids = ops.asarray(np.arange(count, dtype=np.int64), like=like)
+        self.scores = merge.slot_scores[0, :count]
+        self.labels = merge.slot_labels[0, :count]
+        self.height, self.width = merge.height, merge.width
+
+    def bands(self) -> Iterator[tuple[slice, Array, Array]]:
+        """(rows, classes, segments) in order from the top: int64 (len(rows), width) maps of
+        the class index and segment id of each pixel, -1 in both for void."""
+        for rows, classes, segments in self._merge.band_maps(self._ops):
+            yield rows, classes[0], segments[0]
+
+    def masks(self, class_ids: Array | None = None) -> Array:
+        """The whole int64 (height, width, 2) (class index, segment id) map, void -1 in both;
+        with `class_ids` (C,), those ids instead of the class indices (e.g. category ids)."""
+        masks = self._ops.full((self.height, self.width, 2), -1, "int64", like=self.labels)
+        for rows, classes, segments in self.bands():
+            if class_ids is not None:
+                classes = self._ops.where(classes >= 0, class_ids[classes.clip(min=0)], -1)
+            masks[rows, :, 0] = classes
+            masks[rows, :, 1] = segments
+        return masks
 
 
 def class_scores(ops: ArrayOps, class_logits: Array) -> tuple[Array, Array]:
@@ -199,15 +256,111 @@ def merge_queries(
     max_band_elements: bound on the (B, K, rows, W0) probabilities held at once (None: none
         beyond _MAX_BAND_PIXELS rows * W0).
     """
+    merge = _merge_in_bands(
+        ops,
+        scores,
+        labels,
+        mask_logits,
+        is_thing,
+        input_size,
+        resized_size,
+        orig_size,
+        config,
+        keep,
+        max_band_elements,
+        one_buffer=False,
+    )
+    bands = [
+        ops.stack([classes, segments], axis=-1) for _, classes, segments in merge.band_maps(ops)
+    ]
+    return MergedBatch(
+        masks=ops.concat(bands, axis=1),
+        num_segments=merge.num_segments,
+        labels=merge.slot_labels,
+        scores=merge.slot_scores,
+    )
+
+
+class _BandMerge(NamedTuple):
+    """The merge of B images before its maps: per row band, the query each pixel went to.
+
+    queries: per band, (B, rows * width) int16 (int32 for more than 32767 queries): the index
+        of the query that won the pixel, -1
+        where the pixel lies outside that query's own mask (void).
+    segment_of_query, query_labels: (B, K) int64: each query's segment id (-1: not a segment)
+        and class index.
+    num_segments, slot_labels, slot_scores: MergedBatch's `num_segments`, `labels`, `scores`.
+    """
+
+    rows: list[slice]
+    queries: list[Array]
+    height: int
+    width: int
+    segment_of_query: Array
+    query_labels: Array
+    num_segments: Array
+    slot_labels: Array
+    slot_scores: Array
+
+    def band_maps(self, ops: ArrayOps) -> Iterator[tuple[slice, Array, Array]]:
+        """(rows, classes, segments) per band: int64 (B, len(rows), width), void -1 in both."""
+        batch, num_queries = self.segment_of_query.shape
+        for rows, queries in zip(self.rows, self.queries, strict=True):
+            shape = (batch, rows.stop - rows.start, self.width)
+            if num_queries == 0:  # nothing to gather from: all void
+                void = ops.full(shape, -1, "int64", like=self.segment_of_query)
+                yield rows, void, void
+                continue
+            index = ops.astype(queries, "int64")
+            won = index >= 0
+            index = index.clip(min=0)
+            segments = ops.where(won, ops.take_along_axis(self.segment_of_query, index, axis=1), -1)
+            classes = ops.where(
+                segments >= 0, ops.take_along_axis(self.query_labels, index, axis=1), -1
+            )
+            yield rows, classes.reshape(shape), segments.reshape(shape)
+
+
+def _merge_in_bands(
+    ops: ArrayOps,
+    scores: Array,
+    labels: Array,
+    mask_logits: Array,
+    is_thing: Array,
+    input_size: tuple[int, int],
+    resized_size: tuple[int, int],
+    orig_size: tuple[int, int],
+    config: PostprocessConfig,
+    keep: Array | None,
+    max_band_elements: int | None,
+    one_buffer: bool,
+) -> _BandMerge:
+    """The merge of `merge_queries` (same arguments), keeping 2 bytes per pixel.
+
+    one_buffer: keep the bands' queries in one array allocated up front (the bands are views
+    of it). Per-band arrays allocated among each band's temporaries fragment the heap so that
+    the temporaries' memory is not returned: a 100 MP image then needs twice its 200 MB. Not
+    for graphs traced into ONNX, which do not take in-place writes.
+    """
     batch, num_queries = scores.shape[:2]
     height, width = (int(side) for side in orig_size)
+    # Rows per band: within the memory bound, and under 2**23 pixels so counts stay exact.
+    band = max(1, _MAX_BAND_PIXELS // width)
+    if max_band_elements is not None:
+        band = min(band, max(1, max_band_elements // (max(1, num_queries) * width)))
+    row_bands = [slice(top, min(top + band, height)) for top in range(0, height, band)]
     if num_queries == 0:
-        void = ops.full((batch, height, width, 2), -1, "int64", like=scores)
-        return MergedBatch(
-            masks=void,
+        nothing = ops.full((batch, 0), -1, "int64", like=scores)
+        return _BandMerge(
+            rows=row_bands,
+            queries=[nothing] * len(row_bands),
+            height=height,
+            width=width,
+            segment_of_query=nothing,
+            query_labels=nothing,
             num_segments=ops.full((batch,), 0, "int64", like=scores),
-            labels=ops.full((batch, 0), -1, "int64", like=scores),
-            scores=ops.full((batch, 0), 0.0, "float32", like=scores),
+            slot_labels=nothing,
+            slot_scores=ops.full((batch, 0), 0.0, "float32", like=scores),
         )
     logits = ops.astype(mask_logits, "float32")
     taps = [
@@ -218,15 +371,13 @@ def merge_queries(
     ]
     query_ids = ops.asarray(np.arange(num_queries), like=scores)
     weight = scores[:, :, None, None]
-    # Rows per band: within the memory bound, and under 2**23 pixels so counts stay exact.
-    band = max(1, _MAX_BAND_PIXELS // width)
-    if max_band_elements is not None:
-        band = min(band, max(1, max_band_elements // (num_queries * width)))
 
-    assigns, valids = [], []
+    # A query index per pixel: 2 bytes where the queries allow (num_queries is 200 by default).
+    index_type = "int16" if num_queries < 2**15 else "int32"
+    queries = []
+    buffer = ops.full((batch, height * width), -1, index_type, like=scores) if one_buffer else None
     own_area = assigned_area = final_area = 0
-    for top in range(0, height, band):
-        rows = slice(top, min(top + band, height))
+    for rows in row_bands:
         # Cropping the padding and resizing to the original size in one bilinear resampling.
         band_rows = taps[0].apply(ops, logits, axis=-2, rows=rows)
         probs = ops.sigmoid(taps[1].apply(ops, band_rows, axis=-1))
@@ -243,10 +394,12 @@ def merge_queries(
         everywhere = ops.full(assign.shape, 1, "int64", like=assign)
         assigned_area = assigned_area + ops.bincount(assign, everywhere, num_queries)
         final_area = final_area + ops.bincount(assign, valid, num_queries)
-        assigns.append(assign)
-        valids.append(valid)
-    assign = ops.concat(assigns, axis=1)
-    valid = ops.concat(valids, axis=1)
+        won = ops.astype(ops.where(valid, assign, -1), index_type)
+        if buffer is not None:
+            span = slice(rows.start * width, rows.stop * width)
+            buffer[:, span] = won
+            won = buffer[:, span]
+        queries.append(won)
 
     # A query is a segment when it wins pixels of its own mask and enough of that mask overall.
     ratio = ops.astype(assigned_area, "float64") / ops.astype(own_area.clip(min=1), "float64")
@@ -266,20 +419,21 @@ def merge_queries(
     number = ops.astype(is_founder, "int64").cumsum(axis=1) - 1
     segment_of_query = ops.where(is_segment, ops.take_along_axis(number, founder, axis=1), -1)
 
-    seg_map = ops.where(valid, ops.take_along_axis(segment_of_query, assign, axis=1), -1)
-    class_map = ops.where(seg_map >= 0, ops.take_along_axis(labels, assign, axis=1), -1)
-    masks = ops.stack([class_map, seg_map], axis=-1).reshape(batch, height, width, 2)
-
     # Slot j of the outputs holds segment j: the founder numbered j.
     in_slot = is_founder[:, None, :] & (number[:, None, :] == query_ids[None, :, None])
     num_segments = ops.astype(is_founder, "int64").sum(axis=1)
     slot_labels = (ops.astype(in_slot, "int64") * labels[:, None, :]).sum(axis=-1)
     used = query_ids[None, :] < num_segments[:, None]
-    return MergedBatch(
-        masks=masks,
+    return _BandMerge(
+        rows=row_bands,
+        queries=queries,
+        height=height,
+        width=width,
+        segment_of_query=segment_of_query,
+        query_labels=labels,
         num_segments=num_segments,
-        labels=ops.where(used, slot_labels, -1),
-        scores=(ops.astype(in_slot, "float32") * scores[:, None, :]).sum(axis=-1),
+        slot_labels=ops.where(used, slot_labels, -1),
+        slot_scores=(ops.astype(in_slot, "float32") * scores[:, None, :]).sum(axis=-1),
     )
 
 

@@ -21,25 +21,33 @@ import hashlib
 import io
 import json
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from panoptic_train._io import atomic_write
+from panoptic_train._io import atomic_open
 from panoptic_train._validate import positive_int
-from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, encode_segment_ids
+from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, write_segment_png
 from panoptic_train.errors import ConfigError, DataError
 from panoptic_train.inference.inputs import to_image_tensor
-from panoptic_train.inference.model import PanopticSegmentationModel
+from panoptic_train.inference.model import PanopticSegmentationModel, PreparedImage
+from panoptic_train.inference.postprocess import PanopticMerge
 from panoptic_train.inference.prediction_folder import PredictionFolder, Record
 from panoptic_train.inference.visualize import visualize
+
+# Pixels of full-size images the decoding threads hold at once, and of the images one batch
+# merges (2 bytes each there): 2**26 pixels, so a 100 MP image is decoded and merged alone.
+_PIXEL_BUDGET = 2**26
 
 
 @dataclass
@@ -135,43 +143,49 @@ def predict_files(
         else PredictionFolder.open(out, overwrite=overwrite, resume=resume)
     )
     report = PredictFilesReport()
-    batch: list[tuple[Path, Any, Tensor]] = []
+    batch: list[_Decoded] = []
 
     def progress(count: int) -> None:
         if on_progress is not None:
             on_progress(count)
 
     def flush() -> None:
-        tensors = [tensor for _, _, tensor in batch]
-        results = model.predict(tensors, batch_size=len(tensors), **dataclasses.asdict(config))
-        for (path, image_id, tensor), result in zip(batch, results, strict=True):
-            folder.add(_write_result(folder, path, image_id, result))
+        merges = model.merge([image.prepared for image in batch], config)
+        for image, merge in zip(batch, merges, strict=True):
+            folder.add(_write_merge(folder, model, image, merge))
             if overlay:
-                rendered = visualize(tensor, result, model.classes)
-                _write_file(folder.overlay_path(path), encode_png(rendered))
-            report.written.append(folder.mask_path(path))
+                # Decoded again rather than held: the pixels of a batch of large images would not
+                # fit the memory the rest of the run needs.
+                original = to_image_tensor(image.path, max_image_pixels)
+                rendered = visualize(original, model.result(merge), model.classes)
+                with atomic_open(folder.overlay_path(image.path)) as handle:
+                    handle.write(encode_png(rendered))
+            report.written.append(folder.mask_path(image.path))
         progress(len(batch))
         batch.clear()
 
-    def to_predict() -> Iterator[Path]:
+    def to_predict() -> Iterator[tuple[Path, Any]]:
         for path in images:
-            if folder.is_done(path, _image_id(path, image_ids), overlay):
+            image_id = _image_id(path, image_ids)
+            if folder.is_done(path, image_id, overlay):
                 report.resumed.append(path)
                 progress(1)
             else:
-                yield path
+                yield path, image_id
 
     folder.start(_run_settings(model, config))
     try:
-        for path, decoded in _decode_ahead(to_predict(), 2 * batch_size, max_image_pixels):
-            if isinstance(decoded, DataError):
-                report.skipped[path] = str(decoded)
+        for decoded in _decode_ahead(model, to_predict(), 2 * batch_size, max_image_pixels):
+            if isinstance(decoded, tuple):
+                path, error = decoded
+                report.skipped[path] = str(error)
                 if on_skip is not None:
-                    on_skip(path, str(decoded))
+                    on_skip(path, str(error))
                 progress(1)
                 continue
-            batch.append((path, _image_id(path, image_ids), decoded))
-            if len(batch) == batch_size:
+            batch.append(decoded)
+            # The merge holds 2 bytes per pixel of every image in the batch.
+            if len(batch) == batch_size or sum(i.pixels for i in batch) >= _PIXEL_BUDGET:
                 flush()
         if batch:
             flush()
@@ -220,87 +234,188 @@ def panoptic_record(result: Mapping[str, Any]) -> PanopticRecord:
     """The COCO panoptic form of a `predict` result (torch tensors, or the ONNX runner's numpy
     arrays)."""
     segments = torch.as_tensor(result["masks"])[..., 1]
-    segment_ids = torch.as_tensor(result["segment_ids"])
     height, width = segments.shape
-    segments_info = [
-        {
-            "id": int(segment_id) + 1,
-            "category_id": int(category),
-            "area": int(area),
-            "bbox": box,
-            "iscrowd": 0,
-            "score": round(float(score), 6),
-        }
-        for segment_id, category, area, box, score in zip(
-            segment_ids.tolist(),
-            result["labels"].tolist(),
-            *_areas_and_boxes(segments, segment_ids),
-            result["scores"].tolist(),
-            strict=True,
-        )
-    ]
-    png = encode_png(Image.fromarray(encode_segment_ids((segments + 1).numpy())))
-    return PanopticRecord(png, segments_info, height, width)
+    buffer = io.BytesIO()
+    segments_info = write_panoptic_png(
+        buffer, height, width, [segments], result["labels"], result["scores"]
+    )
+    return PanopticRecord(buffer.getvalue(), segments_info, height, width)
+
+
+def write_panoptic_png(
+    handle: IO[bytes],
+    height: int,
+    width: int,
+    segment_bands: Iterable[Any],
+    labels: Any,
+    scores: Any,
+) -> list[dict[str, Any]]:
+    """Write the PNG of a segment map given as row bands from the top ((rows, width) segment
+    ids 0..S-1, void -1: tensors on any device, or numpy arrays) and return its
+    `segments_info`, for the S segments of category ids `labels` and `scores`."""
+    stats = _SegmentStats(len(labels))
+
+    def encoded() -> Iterator[np.ndarray]:
+        for band in segment_bands:
+            ids = torch.as_tensor(band).cpu()
+            stats.add(ids)
+            yield (ids + 1).numpy()
+
+    write_segment_png(handle, height, width, encoded())
+    return stats.segments_info(labels, scores)
+
+
+class _SegmentStats:
+    """Pixel count and COCO [x, y, width, height] box of each segment, gathered band by band
+    without a loop over segments."""
+
+    def __init__(self, count: int) -> None:
+        self.area = torch.zeros(count, dtype=torch.int64)
+        self.low = [torch.full((count,), torch.iinfo(torch.int64).max) for _ in range(2)]
+        self.high = [torch.full((count,), -1) for _ in range(2)]
+        self.top = 0
+
+    def add(self, segments: Tensor) -> None:
+        """The next band of rows (int64 segment ids, void -1)."""
+        ys, xs = torch.nonzero(segments >= 0, as_tuple=True)
+        ids = segments[ys, xs]
+        self.area += torch.bincount(ids, minlength=self.area.numel())
+        for axis, position in enumerate((xs, ys + self.top)):
+            self.low[axis].scatter_reduce_(0, ids, position, "amin")
+            self.high[axis].scatter_reduce_(0, ids, position, "amax")
+        self.top += segments.shape[0]
+
+    def segments_info(self, labels: Any, scores: Any) -> list[dict[str, Any]]:
+        (x0, y0), (x1, y1) = self.low, self.high
+        boxes = torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dim=1)
+        return [
+            {
+                "id": index + 1,
+                "category_id": int(category),
+                "area": int(area),
+                "bbox": box,
+                "iscrowd": 0,
+                "score": round(float(score), 6),
+            }
+            for index, (category, area, box, score) in enumerate(
+                zip(
+                    torch.as_tensor(labels).tolist(),
+                    self.area.tolist(),
+                    boxes.tolist(),
+                    torch.as_tensor(scores).tolist(),
+                    strict=True,
+                )
+            )
+        ]
 
 
 def encode_png(image: Image.Image) -> bytes:
-    """PNG bytes of an image, encoded as every PNG of `predict_files` (and the server) is."""
+    """PNG bytes of an image (overlays): PIL's encoder, as the server's overlays."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def _decode_ahead(
-    paths: Iterable[Path], depth: int, max_pixels: int
-) -> Iterator[tuple[Path, Tensor | DataError]]:
-    """Decode images in threads, at most `depth` ahead; failures come back as DataError."""
+@dataclass(frozen=True)
+class _Decoded:
+    """An image as the network takes it; the full-size pixels are already dropped."""
 
-    def decode(path: Path) -> Tensor | DataError:
+    path: Path
+    image_id: Any
+    prepared: PreparedImage
+
+    @property
+    def pixels(self) -> int:
+        return self.prepared.orig_size[0] * self.prepared.orig_size[1]
+
+
+class _PixelBudget:
+    """Bounds the pixels the decoding threads hold at once: a thread waits until the others'
+    images and its own fit, and an image larger than the whole budget waits to be alone, so
+    that a folder of huge images is decoded one at a time instead of four."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._used = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._used == 0 or self._used + pixels <= self._limit)
+            self._used += pixels
         try:
-            return to_image_tensor(path, max_pixels)
+            yield
+        finally:
+            with self._changed:
+                self._used -= pixels
+                self._changed.notify_all()
+
+
+def _decode_ahead(
+    model: PanopticSegmentationModel,
+    paths: Iterable[tuple[Path, Any]],
+    depth: int,
+    max_pixels: int,
+) -> Iterator[_Decoded | tuple[Path, DataError]]:
+    """Decode and prepare images in threads, at most `depth` ahead and within the pixel budget;
+    failures come back as (path, DataError)."""
+    budget = _PixelBudget(_PIXEL_BUDGET)
+
+    def decode(path: Path, image_id: Any) -> _Decoded | tuple[Path, DataError]:
+        try:
+            with budget.hold(_header_pixels(path, max_pixels)):
+                prepared = model.prepare(to_image_tensor(path, max_pixels))
         except DataError as error:
-            return error
+            return path, error
+        return _Decoded(path, image_id, prepared)
 
-    pending: deque[tuple[Path, Future[Tensor | DataError]]] = deque()
+    pending: deque[Future[_Decoded | tuple[Path, DataError]]] = deque()
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for path in paths:
-            pending.append((path, pool.submit(decode, path)))
+        for path, image_id in paths:
+            pending.append(pool.submit(decode, path, image_id))
             if len(pending) >= depth:
-                done_path, future = pending.popleft()
-                yield done_path, future.result()
+                yield pending.popleft().result()
         while pending:
-            done_path, future = pending.popleft()
-            yield done_path, future.result()
+            yield pending.popleft().result()
 
 
-def _write_result(
-    folder: PredictionFolder, path: Path, image_id: Any, result: dict[str, Tensor]
+def _header_pixels(path: Path, max_pixels: int) -> int:
+    """The pixel count an image's header gives (0 where decoding will refuse or fail anyway)."""
+    try:
+        with Image.open(path) as image:
+            pixels = image.size[0] * image.size[1]
+    except Exception:  # the decoder reports it, with a message
+        return 0
+    return pixels if pixels <= max_pixels else 0
+
+
+def _write_merge(
+    folder: PredictionFolder,
+    model: PanopticSegmentationModel,
+    image: _Decoded,
+    merge: PanopticMerge,
 ) -> Record:
-    """Write one PNG; return its `images` and `annotations` JSON entries."""
-    record = panoptic_record(result)
-    file_name = folder.mask_path(path).name
-    _write_file(folder.mask_path(path), record.png)
-    image = {"id": image_id, "file_name": path.name, "height": record.height, "width": record.width}
-    annotation = {
-        "image_id": image_id,
-        "file_name": file_name,
-        "segments_info": record.segments_info,
+    """Write one image's PNG band by band; return its `images` and `annotations` entries."""
+    path = folder.mask_path(image.path)
+    with atomic_open(path) as handle:
+        segments_info = write_panoptic_png(
+            handle,
+            merge.height,
+            merge.width,
+            (segments for _, _, segments in merge.bands()),
+            model.categories(merge.labels),
+            merge.scores,
+        )
+    entry = {
+        "id": image.image_id,
+        "file_name": image.path.name,
+        "height": merge.height,
+        "width": merge.width,
     }
-    return image, annotation
-
-
-def _areas_and_boxes(segments: Tensor, segment_ids: Tensor) -> tuple[list[int], list[list[int]]]:
-    """Pixel count and COCO [x, y, width, height] box of each segment, without a segment loop."""
-    count = int(segment_ids.max()) + 1 if segment_ids.numel() else 0  # ids are 0..S-1
-    ys, xs = torch.nonzero(segments >= 0, as_tuple=True)
-    ids = segments[ys, xs]
-    area = torch.bincount(ids, minlength=count)
-    big = segments.numel()
-    lows = [torch.full((count,), big).scatter_reduce(0, ids, c, "amin") for c in (xs, ys)]
-    highs = [torch.full((count,), -1).scatter_reduce(0, ids, c, "amax") for c in (xs, ys)]
-    boxes = torch.stack([lows[0], lows[1], highs[0] - lows[0] + 1, highs[1] - lows[1] + 1], dim=1)
-    return area[segment_ids].tolist(), boxes[segment_ids].tolist()
-
-
-def _write_file(path: Path, content: bytes) -> None:
-    atomic_write(path, lambda handle: handle.write(content))
+    annotation = {
+        "image_id": image.image_id,
+        "file_name": path.name,
+        "segments_info": segments_info,
+    }
+    return entry, annotation
