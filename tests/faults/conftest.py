@@ -6,17 +6,31 @@ Mounting needs root (as in the project's test containers); elsewhere the tmpfs t
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from panoptic_train.inference.model_file import ExportedModel
 
 from ..inference.conftest import CLASSES, MEAN, STD, tiny_network
 
 MountTmpfs = Callable[..., Path]
+# Subprocesses run on one thread too (see `one_thread`).
+ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Torch on one thread: on a busy 2-core machine two threads per process oversubscribe the
+    cores and these tests take ten times as long."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

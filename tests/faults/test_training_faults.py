@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from panoptic_train import cli, train_panoptic_segmentation
 from panoptic_train.data.synthetic import write_dataset
@@ -31,14 +30,6 @@ RUN: dict[str, Any] = {
     "model_args": {"backbone_weights": None, "num_queries": 4, "loss_num_points": 64},
     "logger_args": {"tensorboard": None},
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
