@@ -64,8 +64,8 @@ def train_panoptic_segmentation(
         holding only the train.log of an attempt that stopped before training counts as empty;
         temporary files of writes killed mid-file are removed. OutputError (exit code 3) when
         it cannot be written.
-    data: {"train": {"images", "masks", "annotations"}, "val": {...}, "ignore_classes": [...]}
-        or the path of a YAML/JSON file holding that.
+    data: {"train": {"images", "masks", "annotations"}, "val": {...}, "ignore_classes": [...],
+        "allow_unlabeled": False} or the path of a YAML/JSON file holding that.
     transform_args: without `image_size`, training runs at the model's own input size (1280 for
         `dinov3/vitl16-eomt-panoptic-coco-1280`, the stored size for a model file, else 640).
     model: a name from `panoptic_train.list_models()`, or an `exported_*.pt` / `.ckpt` file to
