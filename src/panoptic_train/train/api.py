@@ -71,9 +71,10 @@ def train_panoptic_segmentation(
     model: a name from `panoptic_train.list_models()`, or an `exported_*.pt` / `.ckpt` file to
         fine-tune (other classes re-initialise the class head, with a warning).
     steps: optimiser steps ("auto": the published COCO length for the model's backbone: 360 000
-        for ViT-T/T+, 180 000 for S/S+/B, 90 000 for L and larger). batch_size: global batch over all devices and
-        accumulation steps ("auto": 16). gradient_accumulation_steps ("auto": 1) splits each
-        device's share into that many micro-batches: same result, less memory.
+        for ViT-T/T+, 180 000 for S/S+/B, 90 000 for L and larger). batch_size: global batch
+        over all devices and accumulation steps ("auto": 16). gradient_accumulation_steps
+        ("auto": 1) splits each device's share into that many micro-batches: same result, less
+        memory.
     precision: "bf16-mixed" (falls back to "32-true" on CPU, "16-mixed" on GPUs without bf16),
         "16-mixed", "32-true", ...
     checkpoint: a `.ckpt` / `exported_*.pt` whose weights and architecture initialise the network
