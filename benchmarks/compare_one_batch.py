@@ -69,7 +69,7 @@ def main() -> None:
     from panoptic_train.data.synthetic import write_dataset
     from panoptic_train.data.transforms import load_transform_args
     from panoptic_train.models.registry import create_model
-    from panoptic_train.train.loss import MaskClassificationLoss, average_num_masks
+    from panoptic_train.train.loss import MaskClassificationLoss
 
     torch.manual_seed(args.seed)
     tmp = Path(tempfile.mkdtemp())
@@ -130,7 +130,7 @@ def main() -> None:
 
     targets = batch["targets"]
     criterion = MaskClassificationLoss(num_classes=num_classes, num_points=args.points)
-    loss = criterion(out.class_logits, out.mask_logits, targets, average_num_masks(targets), 8)
+    loss = criterion(out.class_logits, out.mask_logits, targets, first_joint_block=8)
     their_criterion = TheirLoss(
         num_points=args.points,
         oversample_ratio=3.0,

@@ -8,7 +8,6 @@ import torch
 
 from panoptic_train.train.loss import (
     MaskClassificationLoss,
-    average_num_masks,
     dice_loss,
     sigmoid_bce_loss,
 )
@@ -61,14 +60,18 @@ def _example(
 
 
 def _expected_terms(
-    class_logits: torch.Tensor, mask_level: float, num_points: int, num_masks: float
+    class_logits: torch.Tensor,
+    mask_level: float,
+    num_points: int,
+    num_masks: float,
+    class_total: float = 1 + 0.2,
 ):
     def ce(logits: list[float], label: int) -> float:
         return -logits[label] + math.log(sum(math.exp(v) for v in logits))
 
     rows = class_logits[0].tolist()
     # Query 0 matched to class 1 (weight 1); queries 1, 2 are "no object" (index 2, weight 0.1).
-    loss_class = (ce(rows[0], 1) + 0.1 * ce(rows[1], 2) + 0.1 * ce(rows[2], 2)) / (1 + 0.2)
+    loss_class = (ce(rows[0], 1) + 0.1 * ce(rows[1], 2) + 0.1 * ce(rows[2], 2)) / class_total
     loss_mask = _softplus(-mask_level) / num_masks
     s = 1 / (1 + math.exp(-mask_level))
     loss_dice = (1 - (2 * s * num_points + 1) / (s * num_points + num_points + 1)) / num_masks
@@ -79,7 +82,7 @@ def test_loss_matches_closed_form_and_never_samples_ignored_pixels() -> None:
     torch.manual_seed(0)
     class_logits, mask_logits, target = _example(mask_level=1.5)
     loss = MaskClassificationLoss(num_classes=2, num_points=500)
-    out = loss([class_logits], [mask_logits], [target], num_masks=1.0)
+    out = loss([class_logits], [mask_logits], [target])
     loss_class, loss_mask, loss_dice = _expected_terms(class_logits, 1.5, 500, 1.0)
     assert math.isclose(out.terms["loss_class"].item(), loss_class, rel_tol=1e-5)
     assert math.isclose(out.terms["loss_mask"].item(), loss_mask, rel_tol=1e-5)
@@ -94,9 +97,7 @@ def test_deep_supervision_sums_every_prediction_and_names_blocks() -> None:
     examples = [_example(level) for level in levels]
     target = examples[0][2]
     loss = MaskClassificationLoss(num_classes=2, num_points=300)
-    out = loss(
-        [e[0] for e in examples], [e[1] for e in examples], [target], 1.0, first_joint_block=9
-    )
+    out = loss([e[0] for e in examples], [e[1] for e in examples], [target], first_joint_block=9)
     expected = 0.0
     for class_logits, level in zip([e[0] for e in examples], levels, strict=True):
         c, m, d = _expected_terms(class_logits, level, 300, 1.0)
@@ -109,16 +110,19 @@ def test_deep_supervision_sums_every_prediction_and_names_blocks() -> None:
     }
 
 
-def test_mask_terms_are_normalised_by_masks_across_devices() -> None:
+def test_terms_are_normalised_by_the_global_batch_across_devices() -> None:
     torch.manual_seed(0)
     class_logits, mask_logits, target = _example(2.0)
-    # This device has 1 mask, a simulated second device 7: the average is 4.
-    num_masks = average_num_masks([target], reduce_mean=lambda count: (count + 7) / 2)
-    assert num_masks == 4.0
+    # This device has 1 mask and class weights 1 + 2 x 0.1; a simulated second device 7 masks
+    # and class weights 4.6. Per device, half the global totals: 4 masks and 2.9.
     out = MaskClassificationLoss(num_classes=2, num_points=200)(
-        [class_logits], [mask_logits], [target], num_masks
+        [class_logits],
+        [mask_logits],
+        [target],
+        all_reduce_sum=lambda counts: counts + torch.tensor([7.0, 4.6], dtype=counts.dtype),
+        world_size=2,
     )
-    loss_class, loss_mask, loss_dice = _expected_terms(class_logits, 2.0, 200, 4.0)
+    loss_class, loss_mask, loss_dice = _expected_terms(class_logits, 2.0, 200, 4.0, 2.9)
     assert math.isclose(out.terms["loss_mask"].item(), loss_mask, rel_tol=1e-5)
     assert math.isclose(out.terms["loss_dice"].item(), loss_dice, rel_tol=1e-5)
     assert math.isclose(out.terms["loss_class"].item(), loss_class, rel_tol=1e-5)
@@ -133,7 +137,7 @@ def test_image_without_targets_learns_no_object_and_keeps_gradients() -> None:
         "ignore": torch.zeros(H, W, dtype=torch.bool),
     }
     out = MaskClassificationLoss(num_classes=2, num_points=100)(
-        [class_logits], [mask_logits], [target], average_num_masks([target])
+        [class_logits], [mask_logits], [target]
     )
     expected = torch.nn.functional.cross_entropy(class_logits[0], torch.full((4,), 2))
     assert torch.allclose(out.terms["loss_class"], expected)

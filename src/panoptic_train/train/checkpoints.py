@@ -12,8 +12,10 @@ the resolved config.
     optimizer                the optimiser state keyed by parameter name (full, unsharded)
     step, samples_seen       optimiser steps done and training positions consumed
     best_metric, best_step   the best validation value so far and its step (None before any)
-    rng                      per-rank torch CPU (and CUDA) generator states, as uint8 tensors
     arguments                the training arguments of the run, to refuse a changed resume
+
+No generator states: every random draw of training is seeded by (seed, sample position) or
+(seed, step, micro-batch) (`train.data_order`), so the step and `samples_seen` restore them.
 
 Every file is written atomically (temporary file + rename), so a crash at any moment leaves the
 previous complete file in place.
@@ -135,39 +137,12 @@ def load_training_state(
     set_optimizer_state_dict(root, optimizer, dict(optimizer_dict), options=_LOAD_FULL)
 
 
-def rng_states(all_gather: Any, world_size: int, device: torch.device) -> dict[str, Tensor | None]:
-    """Every rank's torch generator states as (world_size, N) uint8 tensors (collective call).
-
-    `all_gather` is `fabric.all_gather`; a single process gets its own state with a leading 1.
-    """
-
-    def gather(state: Tensor) -> Tensor:
-        if world_size == 1:
-            return state[None].clone()
-        return all_gather(state.to(device)).cpu()
-
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return {
-        "torch": gather(torch.get_rng_state()),
-        "cuda": gather(cuda) if cuda is not None else None,
-    }
-
-
-def restore_rng_states(rng: Mapping[str, Tensor | None], rank: int, device: torch.device) -> None:
-    """Restore this rank's generators from `rng_states`' result."""
-    torch.set_rng_state(rng["torch"][rank].clone())
-    cuda = rng.get("cuda")
-    if cuda is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(cuda[rank].clone(), device)
-
-
 def save_checkpoint(
     path: Path,
     *,
     model: Mapping[str, Any],
     optimizer: Mapping[str, Any],
     state: TrainState,
-    rng: Mapping[str, Tensor | None],
     arguments: Mapping[str, Any],
 ) -> None:
     """Write `last.ckpt` atomically (see the module docstring for its layout)."""
@@ -181,7 +156,6 @@ def save_checkpoint(
             "samples_seen": state.samples_seen,
             "best_metric": state.best_metric,
             "best_step": state.best_step,
-            "rng": dict(rng),
             "arguments": dict(arguments),
         },
         path,

@@ -8,12 +8,20 @@ ranks and accumulation steps. A sample's augmentation randomness is seeded by (s
 inside `__getitem__`, so it does not depend on which DataLoader worker loads it. The whole data
 state is therefore one integer, the number of positions consumed, and no DataLoader or sampler is
 pickled into checkpoints.
+
+The rest of a step's randomness follows the same rule, so that W devices with micro-batches of
+M images compute what one device computes with micro-batches of W x M: a sample's loss points
+come from a generator seeded by (seed, position), and the global generators are seeded by
+(seed, step, micro-batch) before each micro-batch, the same on every rank (the forward pass's
+RoPE rescale factor is one draw per micro-batch of the whole job). Only the masked-attention
+draws during the annealing windows, one per image slot and query of a rank, are not shared
+with a one-device run.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,11 +29,32 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from panoptic_train.data.dataset import collate_train
+
+# Last entropy word of each derived seed, so that the streams never coincide.
+_AUGMENTATION, _LOSS_POINTS, _MICRO_BATCH = 1, 2, 3
+
 
 def derived_seed(*entropy: int) -> int:
     """A well-mixed 63-bit seed from several integers (numpy's SeedSequence hashing)."""
     state = np.random.SeedSequence([int(value) for value in entropy]).generate_state(2, np.uint64)
     return int(state[0] >> np.uint64(1))
+
+
+def seed_micro_batch(seed: int, step: int, micro_batch: int) -> None:
+    """Seed torch's global generators (CPU and every GPU) for one micro-batch of a step."""
+    torch.manual_seed(derived_seed(seed, step, micro_batch, _MICRO_BATCH))
+
+
+def loss_generators(
+    seed: int, positions: Sequence[int], device: torch.device
+) -> list[torch.Generator]:
+    """One generator per sample of a micro-batch, seeded by (seed, position), for its loss
+    points."""
+    return [
+        torch.Generator(device).manual_seed(derived_seed(seed, position, _LOSS_POINTS))
+        for position in positions
+    ]
 
 
 class StreamBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -99,13 +128,20 @@ def _seeded_rngs(seed: int) -> Iterator[None]:
 
 class PositionSeededDataset(Dataset[Any]):
     """Wraps a dataset so that sample (position, index) is augmented with RNGs seeded by
-    (seed, position): the same augmentation whatever worker, process or resume loads it."""
+    (seed, position): the same augmentation whatever worker, process or resume loads it.
+    Items are (position, sample); `collate_positioned` batches them."""
 
     def __init__(self, dataset: Dataset[Any], seed: int) -> None:
         self.dataset = dataset
         self.seed = seed
 
-    def __getitem__(self, key: tuple[int, int]) -> Any:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[int, Any]:
         position, index = key
-        with _seeded_rngs(derived_seed(self.seed, position, 1)):
-            return self.dataset[index]
+        with _seeded_rngs(derived_seed(self.seed, position, _AUGMENTATION)):
+            return position, self.dataset[index]
+
+
+def collate_positioned(items: list[tuple[int, Any]]) -> dict[str, Any]:
+    """The train batch (`data.dataset.collate_train`) of `PositionSeededDataset` items, plus
+    the samples' `positions`."""
+    return {**collate_train([sample for _, sample in items]), "positions": [p for p, _ in items]}

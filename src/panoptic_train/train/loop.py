@@ -5,7 +5,7 @@ global `batch_size` images. Per step: set the learning rates and the masked-atte
 probabilities for the step, forward + loss + backward per micro-batch, check the loss, clip the
 gradient norm, update. Every `val_every_num_steps` and at the last step the network is validated
 (PQ); every `save_every_num_steps` and at the end `checkpoints/last.ckpt` and the exported models
-are written. Resuming restores weights, optimiser, step, RNG states, data position and best PQ.
+are written. Resuming restores weights, optimiser, step, data position and best PQ.
 """
 
 from __future__ import annotations
@@ -14,18 +14,23 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from lightning.fabric import Fabric
+from lightning.fabric.strategies import ModelParallelStrategy
 from torch import Tensor
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, Subset
 
+from panoptic_train._distributed import Launch, launched
 from panoptic_train._io import atomic_write_json
 from panoptic_train.data.coco import ClassMapping
-from panoptic_train.data.dataset import build_datasets, collate_train, collate_val
+from panoptic_train.data.dataset import build_datasets, collate_val
 from panoptic_train.errors import ConfigError, PanopticTrainError
 from panoptic_train.evaluation.report import format_summary
 from panoptic_train.inference.model_file import ExportedModel
@@ -36,10 +41,12 @@ from panoptic_train.train.config import TrainConfig
 from panoptic_train.train.data_order import (
     PositionSeededDataset,
     StreamBatchSampler,
-    derived_seed,
+    collate_positioned,
+    loss_generators,
+    seed_micro_batch,
 )
 from panoptic_train.train.loggers import Loggers, build_loggers
-from panoptic_train.train.loss import MaskClassificationLoss, average_num_masks
+from panoptic_train.train.loss import MaskClassificationLoss
 from panoptic_train.train.model_init import build_initial_model
 from panoptic_train.train.optim import (
     TwoStageWarmupPoly,
@@ -56,6 +63,8 @@ from panoptic_train.train.validate import evaluate_network, metrics_to_log
 _DEFAULT_LOG_EVERY = 20
 _DEFAULT_VAL_EVERY = 1000
 _MAX_AUTO_WORKERS = 8
+# What Fabric's ModelParallelStrategy (strategy="fsdp") accepts.
+_FSDP_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true")
 
 
 class TrainingDivergedError(PanopticTrainError, FloatingPointError):
@@ -204,6 +213,69 @@ def _is_oom(error: BaseException) -> bool:
     )
 
 
+def build_fabric(config: TrainConfig) -> Fabric:
+    """Fabric for the run. Under torchrun or srun, devices="auto" is the number of processes the
+    launcher started per node, and devices x num_nodes must make all of its processes: else each
+    process would train a copy of its own (on a CPU "auto" is one device), all in one `out`."""
+    launch = launched()
+    devices = config.devices
+    precision = resolve_precision(config.precision, _accelerator_type(config.accelerator))
+    if config.strategy == "fsdp" and precision not in _FSDP_PRECISIONS:
+        raise ConfigError(
+            f"strategy='fsdp' trains in precision {', '.join(map(repr, _FSDP_PRECISIONS))}, not "
+            f"{precision!r} (precision={config.precision!r} on this hardware). Pass "
+            "precision='32-true', or strategy='ddp' for fp16 mixed precision."
+        )
+    if launch is not None:
+        if devices == "auto":
+            devices = launch.processes_per_node
+        if config.num_nodes != launch.num_nodes or (
+            isinstance(devices, int) and devices != launch.processes_per_node
+        ):
+            raise _launch_mismatch(config, launch)
+    fabric = Fabric(
+        accelerator=config.accelerator,
+        strategy=fsdp_strategy() if config.strategy == "fsdp" else config.strategy,
+        devices=devices,
+        num_nodes=config.num_nodes,
+        precision=precision,
+    )
+    if launch is not None and fabric.world_size != launch.world_size:
+        raise _launch_mismatch(config, launch)
+    return fabric
+
+
+def fsdp_strategy() -> ModelParallelStrategy:
+    """strategy="fsdp": FSDP2 (`torch.distributed.fsdp.fully_shard`), each backbone block one
+    unit of parameter all-gather and gradient reduce-scatter, the embeddings, queries and heads
+    the root's. Through Fabric's ModelParallelStrategy, whose device mesh is (nodes, devices per
+    node): parameters are sharded across the devices of a node and replicated across nodes
+    (HSDP). Unlike Fabric's FSDPStrategy (FSDP1, GPUs only) it also runs on CPUs with gloo."""
+    return ModelParallelStrategy(parallelize_fn=_fully_shard)
+
+
+def _fully_shard(module: torch.nn.Module, mesh: DeviceMesh) -> torch.nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    network = getattr(module, "_orig_mod", module)  # torch.compile's wrapper holds the network
+    # The mask logits are einsum's output, a view, which FSDP2 warns might be modified in place
+    # and lose its backward hook; nothing modifies the network's outputs in place.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(\w+\) returned a view")
+    for block in network.backbone.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(network, mesh=mesh)
+    return module
+
+
+def _launch_mismatch(config: TrainConfig, launch: Launch) -> ConfigError:
+    return ConfigError(
+        f"The launcher started {launch.world_size} processes ({launch.processes_per_node} per "
+        f"node on {launch.num_nodes} node(s)), but devices={config.devices!r} and "
+        f"num_nodes={config.num_nodes} do not make {launch.world_size}. Pass "
+        f"devices={launch.processes_per_node} (or 'auto') and num_nodes={launch.num_nodes}."
+    )
+
+
 class Trainer:
     """One training run; `fit()` is the whole of it. Built by `train.api` after validation."""
 
@@ -211,13 +283,7 @@ class Trainer:
         self.config = config
         self.resume_from = checkpoint
         self.paths = ckpt.RunPaths(config.out)
-        self.fabric = Fabric(
-            accelerator=config.accelerator,
-            strategy=config.strategy,
-            devices=config.devices,
-            num_nodes=config.num_nodes,
-            precision=resolve_precision(config.precision, _accelerator_type(config.accelerator)),
-        )
+        self.fabric = build_fabric(config)
 
     # ------------------------------------------------------------------ setup
 
@@ -253,8 +319,6 @@ class Trainer:
             ckpt.check_resume_arguments(self.resume_from["arguments"], arguments, config.out)
             state = ckpt.train_state_of(self.resume_from)
         self.arguments = arguments
-        # Training randomness differs per rank (loss points, RoPE jitter) but not per run.
-        torch.manual_seed(derived_seed(config.seed, fabric.global_rank, 2))
         self._setup_model_and_optimizer()
         args = config.model_args
         self.criterion = MaskClassificationLoss(
@@ -293,13 +357,16 @@ class Trainer:
 
     def _setup_model_and_optimizer(self) -> None:
         """Wrap the network for the strategy (and torch.compile), build the optimiser over its
-        parameter groups and, when resuming, restore weights, optimiser and RNG states."""
+        parameter groups and, when resuming, restore weights and optimiser."""
         config, fabric, network = self.config, self.fabric, self.network
         if config.torch_compile_args.disable:
             forward_module: torch.nn.Module = network
         else:
             compile_args = config.torch_compile_args.model_dump(exclude={"disable"})
             forward_module = torch.compile(network, **compile_args)
+        # The depthwise convolutions' (C, 1, 3, 3) weight gradients come out channels-last, the
+        # same memory as DDP's contiguous bucket views, but DDP warns about the strides.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         self.model = fabric.setup_module(forward_module)
         args = config.model_args
         self.optimizer = fabric.setup_optimizers(
@@ -319,7 +386,6 @@ class Trainer:
                 self.resume_from[ckpt.CHECKPOINT_MODEL_KEY]["state_dict"],
                 self.resume_from["optimizer"],
             )
-            ckpt.restore_rng_states(self.resume_from["rng"], fabric.global_rank, fabric.device)
 
     def _initial_network(self, classes: ClassMapping) -> tuple[EoMT, str]:
         """Resume: the checkpoint's architecture (its weights are loaded after setup). New run:
@@ -354,7 +420,7 @@ class Trainer:
         return DataLoader(
             PositionSeededDataset(dataset, self.config.seed),
             batch_sampler=sampler,
-            collate_fn=collate_train,
+            collate_fn=collate_positioned,
             **self._loader_options(),
         )
 
@@ -429,7 +495,6 @@ class Trainer:
         save_every = config.save_checkpoint_args.save_every_num_steps
         try:
             while state.step < config.steps:
-                rng_before_step = torch.get_rng_state()
                 started = time.perf_counter()
                 try:
                     loss, terms = self._step(state.step, batches)
@@ -438,7 +503,6 @@ class Trainer:
                         raise _oom_error(config, plan, error) from error
                     raise
                 if not math.isfinite(loss):
-                    torch.set_rng_state(rng_before_step)
                     self._diverged(state, loss)
                 state.step += 1
                 state.samples_seen += config.batch_size
@@ -489,6 +553,7 @@ class Trainer:
         terms: dict[str, Tensor] = {}
         for micro in range(accumulation):
             batch = next(batches)
+            seed_micro_batch(self.config.seed, step, micro)
             images = batch["images"].to(fabric.device, non_blocking=True)
             targets = [
                 {key: value.to(fabric.device, non_blocking=True) for key, value in t.items()}
@@ -497,15 +562,14 @@ class Trainer:
             sync_skipped = micro < accumulation - 1 and fabric.world_size > 1
             with fabric.no_backward_sync(self.model, enabled=sync_skipped):
                 output = self.model(images)
-                num_masks = average_num_masks(
-                    targets, lambda count: fabric.all_reduce(count, reduce_op="mean")
-                )
                 loss = self.criterion(
                     output.class_logits,
                     output.mask_logits,
                     targets,
-                    num_masks,
                     first_joint_block=self.network.first_joint_block,
+                    generators=loss_generators(self.config.seed, batch["positions"], fabric.device),
+                    all_reduce_sum=lambda counts: fabric.all_reduce(counts, reduce_op="sum"),
+                    world_size=fabric.world_size,
                 )
                 fabric.backward(loss.total / accumulation)
             total += loss.total.detach() / accumulation
@@ -537,6 +601,9 @@ class Trainer:
         self, state: ckpt.TrainState, val_loader: DataLoader[Any], loggers: Loggers
     ) -> None:
         fabric = self.fabric
+        most_batches = fabric.all_reduce(
+            torch.tensor(len(val_loader), device=fabric.device), reduce_op="max"
+        )
         results = evaluate_network(
             self.model,
             val_loader,
@@ -545,6 +612,7 @@ class Trainer:
             postprocess=self.postprocess,
             device=fabric.device,
             all_reduce_sum=lambda stats: fabric.all_reduce(stats, reduce_op="sum"),
+            forward_passes=int(most_batches),
         )
         metrics = metrics_to_log(results, self.config.metric_args.classwise)
         loggers.log_metrics(metrics, state.step)
@@ -579,14 +647,12 @@ class Trainer:
         fabric = self.fabric
         exported = self._exported(self._network_state())
         optimizer = ckpt.optimizer_state(self._root(), self.optimizer.optimizer)
-        rng = ckpt.rng_states(fabric.all_gather, fabric.world_size, fabric.device)
         if fabric.is_global_zero:
             ckpt.save_checkpoint(
                 self.paths.checkpoint,
                 model=exported.to_dict(),
                 optimizer=optimizer,
                 state=state,
-                rng=rng,
                 arguments=self.arguments,
             )
             if self.config.save_checkpoint_args.save_last:
@@ -594,10 +660,9 @@ class Trainer:
         fabric.barrier()
 
     def _diverged(self, state: ckpt.TrainState, loss: float) -> None:
-        """Save the last good state (weights before this step, RNG as at its start) and stop."""
-        weights_finite = all(bool(torch.isfinite(p).all()) for p in self.network.parameters())
+        """Save the last good state (the weights before this step) and stop."""
         saved = ""
-        if weights_finite:
+        if self._weights_finite():
             self._save(state)
             saved = (
                 f" The state before this step was saved to '{self.paths.checkpoint}'"
@@ -615,6 +680,14 @@ class Trainer:
             "(model_args['gradient_clip_val']), prefer precision 'bf16-mixed' or '32-true' over "
             "'16-mixed', and check the data with `panoptic-train check-data`."
         )
+
+    def _weights_finite(self) -> bool:
+        """Whether every weight is finite, on every rank (FSDP holds a shard of each)."""
+        local = [p.to_local() if isinstance(p, DTensor) else p for p in self.network.parameters()]
+        non_finite = torch.tensor(
+            sum(int(not torch.isfinite(p).all()) for p in local), device=self.fabric.device
+        )
+        return int(self.fabric.all_reduce(non_finite, reduce_op="sum")) == 0
 
     def _report_outputs(self, state: ckpt.TrainState) -> None:
         paths = self.paths

@@ -5,8 +5,10 @@ are matched to the target segments (`matcher.HungarianMatcher`), then
     class_weight * CE(class logits, matched label or "no object")      (no-object weight 0.1)
   + mask_weight  * BCE(mask logits, target mask)      on importance-sampled points
   + dice_weight  * dice(mask logits, target mask)     on the same points
-are summed over all predictions. Mask terms are summed over matched pairs and divided by the
-number of target masks averaged over all devices, so every device's gradient has the same scale.
+are summed over all predictions. The class term is the no-object-weighted mean over the queries
+of the global batch, the mask terms are summed over matched pairs and divided by the number of
+target masks of the global batch: on W devices each device's loss is W times its share of the
+global batch's loss, so DDP's gradient average is the one-device gradient of the whole batch.
 """
 
 from __future__ import annotations
@@ -37,18 +39,6 @@ def dice_loss(point_logits: Tensor, point_targets: Tensor, num_masks: float) -> 
     numerator = 2 * (probs * targets).sum(1)
     denominator = probs.sum(1) + targets.sum(1)
     return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
-
-
-def average_num_masks(
-    targets: Sequence[Mapping[str, Tensor]], reduce_mean: Callable[[Tensor], Tensor] | None = None
-) -> float:
-    """Number of target masks in this batch averaged over devices (at least 1), the loss's
-    normaliser. `reduce_mean` averages a tensor across devices (identity on one device)."""
-    device = targets[0]["labels"].device if targets else torch.device("cpu")
-    count = torch.tensor(float(sum(len(target["labels"]) for target in targets)), device=device)
-    if reduce_mean is not None:
-        count = reduce_mean(count)
-    return max(float(count), 1.0)
 
 
 @dataclass(frozen=True)
@@ -96,24 +86,46 @@ class MaskClassificationLoss:
         class_logits: Sequence[Tensor],
         mask_logits: Sequence[Tensor],
         targets: Sequence[Mapping[str, Tensor]],
-        num_masks: float,
+        *,
         first_joint_block: int = 0,
+        generators: Sequence[torch.Generator] | None = None,
+        all_reduce_sum: Callable[[Tensor], Tensor] | None = None,
+        world_size: int = 1,
     ) -> LossOutput:
         """Loss over all predictions (class_logits[i] (B, Q, C+1), mask_logits[i] (B, Q, h, w)).
 
         `targets` are the train batch's per-image dicts (`masks`, `labels`, `ignore`); the
         intermediate predictions are named after their joint block, counted from
-        `first_joint_block`.
+        `first_joint_block`. `generators` (one per image, on the logits' device) draw each
+        image's points; torch's global generator when None. On several devices pass
+        `all_reduce_sum` (sums a tensor over devices) and `world_size`: the normalisers are
+        then the global batch's.
         """
         valid = [valid_pixels(target["ignore"]) for target in targets]
+        draws = list(generators) if generators is not None else [None] * len(targets)
+        predictions = list(zip(class_logits, mask_logits, strict=True))
+        matches = [
+            self._match(layer_class, layer_mask, targets, valid, draws)
+            for layer_class, layer_mask in predictions
+        ]
+        num_masks, class_totals = self._normalizers(
+            class_logits[0], targets, matches, all_reduce_sum, world_size
+        )
         total = class_logits[0].new_zeros((), dtype=torch.float32)
         terms: dict[str, Tensor] = {}
-        last = len(class_logits) - 1
-        for index, (layer_class, layer_mask) in enumerate(
-            zip(class_logits, mask_logits, strict=True)
+        last = len(predictions) - 1
+        for index, ((layer_class, layer_mask), layer_matches, class_total) in enumerate(
+            zip(predictions, matches, class_totals, strict=True)
         ):
             loss_class, loss_mask, loss_dice = self._single(
-                layer_class, layer_mask, targets, valid, num_masks
+                layer_class,
+                layer_mask,
+                targets,
+                valid,
+                draws,
+                layer_matches,
+                num_masks,
+                class_total,
             )
             total = total + (
                 self.class_weight * loss_class
@@ -126,13 +138,70 @@ class MaskClassificationLoss:
             terms[f"loss_dice{suffix}"] = loss_dice.detach()
         return LossOutput(total=total, terms=terms)
 
+    def _match(
+        self,
+        class_logits: Tensor,
+        mask_logits: Tensor,
+        targets: Sequence[Mapping[str, Tensor]],
+        valid: Sequence[Tensor],
+        generators: Sequence[torch.Generator | None],
+    ) -> list[tuple[Tensor, Tensor]]:
+        """(query indices, target indices) per image for one prediction."""
+        matches = []
+        for image, (target, pixels, generator) in enumerate(
+            zip(targets, valid, generators, strict=True)
+        ):
+            if len(pixels) == 0:
+                # Every pixel is ignored: nothing to supervise but "no object".
+                empty = torch.zeros(0, dtype=torch.long, device=class_logits.device)
+                matches.append((empty, empty))
+                continue
+            matches.append(
+                self.matcher.match_image(
+                    class_logits[image],
+                    mask_logits[image],
+                    target["masks"],
+                    target["labels"],
+                    pixels,
+                    generator,
+                )
+            )
+        return matches
+
+    def _normalizers(
+        self,
+        class_logits: Tensor,
+        targets: Sequence[Mapping[str, Tensor]],
+        matches: Sequence[Sequence[tuple[Tensor, Tensor]]],
+        all_reduce_sum: Callable[[Tensor], Tensor] | None,
+        world_size: int,
+    ) -> tuple[float, list[float]]:
+        """The global batch's number of target masks (at least 1) and, per prediction, its sum
+        of class weights over the queries (1 matched, `no_object_weight` otherwise), each
+        divided by `world_size`: one collective call for all of them."""
+        batch, num_queries = class_logits.shape[:2]
+        counts = [float(sum(len(target["labels"]) for target in targets))]
+        for layer in matches:
+            matched = sum(len(queries) for queries, _ in layer)
+            unmatched = batch * num_queries - matched
+            counts.append(matched + self.no_object_weight * unmatched)
+        if all_reduce_sum is not None:
+            counts = all_reduce_sum(
+                torch.tensor(counts, dtype=torch.float64, device=class_logits.device)
+            ).tolist()
+        num_masks, *class_totals = (count / world_size for count in counts)
+        return max(num_masks, 1.0 / world_size), class_totals
+
     def _single(
         self,
         class_logits: Tensor,
         mask_logits: Tensor,
         targets: Sequence[Mapping[str, Tensor]],
         valid: Sequence[Tensor],
+        generators: Sequence[torch.Generator | None],
+        matches: Sequence[tuple[Tensor, Tensor]],
         num_masks: float,
+        class_total: float,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Class, mask BCE and dice losses of one prediction."""
         batch, num_queries = class_logits.shape[:2]
@@ -141,17 +210,11 @@ class MaskClassificationLoss:
         )
         point_logits: list[Tensor] = []
         point_targets: list[Tensor] = []
-        for image, target in enumerate(targets):
-            masks, labels = target["masks"], target["labels"]
-            if len(valid[image]) == 0:
-                # Every pixel is ignored: nothing to supervise but "no object".
-                continue
-            queries, indices = self.matcher.match_image(
-                class_logits[image], mask_logits[image], masks, labels, valid[image]
-            )
+        for image, (target, (queries, indices)) in enumerate(zip(targets, matches, strict=True)):
             if len(queries) == 0:
                 continue
-            target_classes[image, queries] = labels[indices]
+            masks = target["masks"]
+            target_classes[image, queries] = target["labels"][indices]
             height, width = masks.shape[-2:]
             matched_logits = mask_logits[image, queries]
             points = uncertain_points(
@@ -162,6 +225,7 @@ class MaskClassificationLoss:
                 self.num_points,
                 self.oversample_ratio,
                 self.importance_sample_ratio,
+                generators[image],
             )
             point_logits.append(logits_at(matched_logits, points.xy))
             pixels_per_mask = height * width
@@ -171,8 +235,14 @@ class MaskClassificationLoss:
 
         class_weights = torch.ones(self.num_classes + 1, device=class_logits.device)
         class_weights[-1] = self.no_object_weight
-        loss_class = F.cross_entropy(
-            class_logits.float().transpose(1, 2), target_classes, weight=class_weights
+        loss_class = (
+            F.cross_entropy(
+                class_logits.float().transpose(1, 2),
+                target_classes,
+                weight=class_weights,
+                reduction="sum",
+            )
+            / class_total
         )
         if point_logits:
             all_logits = torch.cat(point_logits)

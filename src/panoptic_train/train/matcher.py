@@ -73,18 +73,20 @@ class HungarianMatcher:
         masks: Tensor,
         labels: Tensor,
         valid: Tensor,
+        generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Matched (query indices, target indices) of one image, both int64 on the logits' device.
 
         class_logits (Q, C+1), mask_logits (Q, h, w), masks bool (N, H, W), labels (N,), valid
-        flat indices of the pixels that may be sampled (see `points.valid_pixels`).
+        flat indices of the pixels that may be sampled (see `points.valid_pixels`); the points
+        are drawn from `generator` (torch's global one when None).
         """
         device = class_logits.device
         if len(labels) == 0:
             empty = torch.zeros(0, dtype=torch.long, device=device)
             return empty, empty
         height, width = masks.shape[-2:]
-        points = random_points(valid, (self.num_points,), height, width)
+        points = random_points(valid, (self.num_points,), height, width, generator)
         point_logits = shared_logits_at(mask_logits, points.xy)
         point_targets = masks.flatten(1).index_select(1, points.pixels)
         cost = self.cost_matrix(class_logits, point_logits, labels, point_targets)

@@ -30,10 +30,17 @@ def valid_pixels(ignore: Tensor) -> Tensor:
     return torch.nonzero(~ignore.flatten()).squeeze(1)
 
 
-def random_points(valid: Tensor, shape: tuple[int, ...], height: int, width: int) -> Points:
-    """Points uniform over the area of the `valid` pixels (flat indices into an H x W image)."""
-    pixels = valid[torch.randint(len(valid), shape, device=valid.device)]
-    offsets = torch.rand((*shape, 2), device=valid.device)
+def random_points(
+    valid: Tensor,
+    shape: tuple[int, ...],
+    height: int,
+    width: int,
+    generator: torch.Generator | None = None,
+) -> Points:
+    """Points uniform over the area of the `valid` pixels (flat indices into an H x W image),
+    drawn from `generator` (on `valid`'s device; torch's global one when None)."""
+    pixels = valid[torch.randint(len(valid), shape, device=valid.device, generator=generator)]
+    offsets = torch.rand((*shape, 2), device=valid.device, generator=generator)
     rows = torch.div(pixels, width, rounding_mode="floor")
     cols = pixels - rows * width
     xy = torch.stack(((cols + offsets[..., 0]) / width, (rows + offsets[..., 1]) / height), dim=-1)
@@ -98,14 +105,16 @@ def uncertain_points(
     num_points: int,
     oversample_ratio: float,
     importance_sample_ratio: float,
+    generator: torch.Generator | None = None,
 ) -> Points:
     """Per mask, `importance_sample_ratio` of the points where the prediction is least certain
     (logit closest to 0 among `oversample_ratio` x `num_points` random candidates), the rest
-    uniformly random: the loss then concentrates on the mask borders the network gets wrong."""
+    uniformly random: the loss then concentrates on the mask borders the network gets wrong.
+    Random draws come from `generator` (see `random_points`)."""
     num_masks = logits.shape[0]
     num_uncertain = int(importance_sample_ratio * num_points)
     num_candidates = max(int(oversample_ratio * num_points), num_uncertain)
-    candidates = random_points(valid, (num_masks, num_candidates), height, width)
+    candidates = random_points(valid, (num_masks, num_candidates), height, width, generator)
     with torch.no_grad():
         uncertainty = -logits_at(logits.detach(), candidates.xy).abs()
     chosen = uncertainty.topk(num_uncertain, dim=1).indices
@@ -113,7 +122,9 @@ def uncertain_points(
         pixels=candidates.pixels.gather(1, chosen),
         xy=candidates.xy.gather(1, chosen[..., None].expand(-1, -1, 2)),
     )
-    uniform = random_points(valid, (num_masks, num_points - num_uncertain), height, width)
+    uniform = random_points(
+        valid, (num_masks, num_points - num_uncertain), height, width, generator
+    )
     return Points(
         pixels=torch.cat((uncertain.pixels, uniform.pixels), dim=1),
         xy=torch.cat((uncertain.xy, uniform.xy), dim=1),

@@ -30,10 +30,14 @@ def evaluate_network(
     postprocess: PostprocessConfig,
     device: torch.device,
     all_reduce_sum: Callable[[Tensor], Tensor] | None = None,
+    forward_passes: int = 0,
 ) -> dict[str, Any]:
     """panopticapi-style results (`All`, `Things`, `Stuff`, `per_class`) over `batches`.
 
     `network` is put in eval mode for the duration and restored to its previous mode after.
+    On several ranks, `forward_passes` is the most batches any rank has: a rank with fewer runs
+    the network that often anyway, on a blank image whose output is dropped, because a forward
+    pass is a collective call under FSDP (and DDP's first one syncs buffers).
     """
     accumulator = PanopticQualityAccumulator(
         classes.num_classes,
@@ -45,8 +49,10 @@ def evaluate_network(
     thing_flags = torch.tensor(classes.is_thing, device=device)
     was_training = network.training
     network.eval()
+    passes = 0
     try:
         for batch in batches:
+            passes += 1
             images = batch["images"].to(device, non_blocking=True)
             targets = batch["targets"]
             output = network(images)
@@ -64,6 +70,8 @@ def evaluate_network(
                 [target["target"].to(device) for target in targets],
                 [target["crowd"].to(device) for target in targets],
             )
+        for _ in range(passes, forward_passes):
+            network(torch.zeros((1, 3, *input_size), device=device))
     finally:
         network.train(was_training)
     accumulator.sync(all_reduce_sum)
