@@ -133,6 +133,10 @@ def predict_files(
         update.
     on_skip: told about each unreadable image, which is skipped rather than aborting the run.
     thresholds: `threshold`, `mask_threshold`, `overlap_threshold` overrides for `predict`.
+
+    In a torch.distributed job of several processes (torchrun, srun), every rank calls it with
+    the same arguments: each predicts its share of `images` (runs of `batch_size`, dealt
+    round-robin) and rank 0 writes predictions.json with all of them; the report is the rank's.
     """
     positive_int(batch_size, "predict_files batch_size")
     positive_int(max_image_pixels, "predict_files max_image_pixels")
@@ -165,7 +169,7 @@ def predict_files(
         batch.clear()
 
     def to_predict() -> Iterator[tuple[Path, Any]]:
-        for path in images:
+        for path in folder.share(images, batch_size):
             image_id = _image_id(path, image_ids)
             if folder.is_done(path, image_id, overlay):
                 report.resumed.append(path)
