@@ -92,6 +92,9 @@ class ModelArgs(StrictConfig):
     backbone_weights: str | None = "default"
     num_queries: int | Auto = Field("auto")
     num_joint_blocks: int | Auto = Field("auto")
+    # Recompute the upscaler and mask projections in backward; "auto": when their activations
+    # would take over a quarter of the device's available memory (`models.eomt.EoMT`).
+    activation_checkpointing: bool | Auto = "auto"
 
     loss_num_points: int = Field(12544, ge=1)
     loss_oversample_ratio: float = Field(3.0, ge=1.0)

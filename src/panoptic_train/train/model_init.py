@@ -49,14 +49,17 @@ def build_initial_model(
         if value != "auto":
             overrides[name] = value
     if is_model_file(model):
-        return _from_file(Path(model).expanduser(), classes, overrides)
-    network = registry.create_model(
-        model, classes.num_classes, backbone_weights=model_args.backbone_weights, **overrides
-    )
-    source = registry.model_classes(model)
-    if source is not None and model_args.backbone_weights is not None:
-        _adapt_class_head(network, ClassMapping.from_list(source), classes, f"model {model!r}")
-    return InitialModel(network=network, model_name=registry.get_model_info(model).name)
+        initial = _from_file(Path(model).expanduser(), classes, overrides)
+    else:
+        network = registry.create_model(
+            model, classes.num_classes, backbone_weights=model_args.backbone_weights, **overrides
+        )
+        source = registry.model_classes(model)
+        if source is not None and model_args.backbone_weights is not None:
+            _adapt_class_head(network, ClassMapping.from_list(source), classes, f"model {model!r}")
+        initial = InitialModel(network=network, model_name=registry.get_model_info(model).name)
+    initial.network.activation_checkpointing = model_args.activation_checkpointing
+    return initial
 
 
 def _from_file(path: Path, classes: ClassMapping, overrides: dict[str, Any]) -> InitialModel:
