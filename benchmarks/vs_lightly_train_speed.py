@@ -88,9 +88,7 @@ class _StepClock:
 
         self.step_ends: list[float] = []
         self.waits: list[tuple[float, float]] = []
-        register_optimizer_step_post_hook(
-            lambda *_: self.step_ends.append(time.perf_counter())
-        )
+        register_optimizer_step_post_hook(lambda *_: self.step_ends.append(time.perf_counter()))
         original = dataloader._BaseDataLoaderIter.__next__
         clock = self
 
