@@ -318,17 +318,20 @@ def _graph_latency(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _floor(spec: dict[str, Any]) -> dict[str, Any]:
     """FLOPs of our network (eval batch 1; training forward + backward at the train batch) and
-    this machine's fp32 matmul rate on the benchmark's threads."""
+    this machine's fp32 matmul rate on the benchmark's threads. Attention is counted with the
+    math backend (FlopCounterMode does not know the fused CPU kernel)."""
     import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
+    sys.path.insert(0, str(Path(__file__).parent))
+    from forward import count_flops
+
     network = _model("ours", "cpu").network
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        network(torch.randn(1, 3, 640, 640))
-    forward = counter.get_total_flops()
+    forward = count_flops(network)
     network.train()
     batch = spec["settings"]["batch_size"]
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
         output = network(torch.randn(batch, 3, 640, 640))
         loss = sum(classes.mean() + masks.mean() for classes, masks in zip(*output, strict=True))
         loss.backward()
