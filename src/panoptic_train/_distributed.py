@@ -94,7 +94,8 @@ def run_processes(count: int, arguments: Sequence[str]) -> int:
     try:
         elastic_launch(config, sys.executable)(*arguments)
     except ChildFailedError as error:
-        failure = error.failures[min(error.failures)]
+        # The first to fail: the launcher then stops the others (SIGTERM).
+        _, failure = error.get_first_failure()
         # A process killed by a signal has a negative exit code; shells report 128 + signal.
         return failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
     except SignalException as error:
@@ -110,6 +111,7 @@ def process_group(launch: Launch) -> Iterator[Ranks]:
         ranks = Ranks.current()
         assert ranks is not None
         yield ranks
+        ranks.barrier()  # tear down together, none while another still exchanges data
     finally:
         dist.destroy_process_group()
 
