@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/predict.py
 	$(BIN)/python benchmarks/export_onnx.py
 	$(BIN)/python benchmarks/serve_load.py
+	$(BIN)/python benchmarks/evaluation_memory.py
+	$(BIN)/python benchmarks/distributed.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
