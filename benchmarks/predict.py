@@ -26,8 +26,8 @@ from panoptic_train.data.synthetic import write_dataset
 from panoptic_train.data.transforms import resize_and_pad
 from panoptic_train.inference.inputs import to_image_tensor
 from panoptic_train.inference.model import PanopticSegmentationModel
-from panoptic_train.inference.postprocess import panoptic_postprocess
 from panoptic_train.models.registry import create_model
+from panoptic_train.runtime.postprocess import panoptic_postprocess
 
 NUM_CLASSES = 133  # COCO panoptic
 THING = [True] * 80 + [False] * (NUM_CLASSES - 80)

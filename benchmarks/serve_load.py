@@ -33,8 +33,8 @@ import torch
 from panoptic_train.data.coco import ClassMapping
 from panoptic_train.data.synthetic import CATEGORIES, write_dataset
 from panoptic_train.inference.model import PanopticSegmentationModel
-from panoptic_train.inference.postprocess import PostprocessConfig
 from panoptic_train.models.registry import create_model
+from panoptic_train.runtime.postprocess import PostprocessConfig
 from panoptic_train.serve.launch import serve_in_subprocess
 
 # Random weights rarely reach the default 0.8 class score: thresholds that keep every query give

@@ -283,7 +283,7 @@ def _lightly_merge() -> Callable[..., object]:
 
 
 def _our_merge() -> Callable[..., object]:
-    from panoptic_train.inference.postprocess import panoptic_postprocess
+    from panoptic_train.runtime.postprocess import panoptic_postprocess
 
     is_thing = [i < 80 for i in range(NUM_CLASSES)]
     sizes = ((640, 640), [(480, 640)], [(480, 640)])

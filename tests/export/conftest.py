@@ -12,8 +12,8 @@ from panoptic_train.data.coco import ClassMapping
 from panoptic_train.data.synthetic import CATEGORIES, write_dataset
 from panoptic_train.export.onnx import export_onnx
 from panoptic_train.inference.model import PanopticSegmentationModel
-from panoptic_train.inference.postprocess import PostprocessConfig
 from panoptic_train.models.registry import create_model
+from panoptic_train.runtime.postprocess import PostprocessConfig
 
 # The synthetic dataset's categories: non-contiguous ids (1, 2, 3, 10, 11, 12), things and stuff.
 CLASSES = ClassMapping.from_list(CATEGORIES)

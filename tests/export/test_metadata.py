@@ -9,7 +9,7 @@ import pytest
 
 from panoptic_train.errors import WeightsError
 from panoptic_train.export.metadata import ExportMetadata, read_sidecar, sidecar_path
-from panoptic_train.inference.postprocess import PostprocessConfig
+from panoptic_train.runtime.postprocess import PostprocessConfig
 
 from .conftest import CLASSES, MEAN, STD
 

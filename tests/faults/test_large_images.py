@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from panoptic_train.inference import postprocess
 from panoptic_train.inference.model import load_model
 from panoptic_train.inference.predict_files import panoptic_record, write_panoptic_png
+from panoptic_train.runtime import postprocess
 
 from .conftest import ONE_THREAD_ENV
 

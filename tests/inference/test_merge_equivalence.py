@@ -1,4 +1,4 @@
-"""The panoptic merge (decided per mask-grid cell, `inference._cell_assign`) against the direct
+"""The panoptic merge (decided per mask-grid cell, `runtime._cell_assign`) against the direct
 merge written out here: every confident query's probability at every output pixel, then
 Mask2Former's per-query loop. Equal on every pixel, for torch tensors and numpy arrays, on random
 logits of many shapes and scales (ties, saturation, non-finite values, tiny and large images)
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from panoptic_train.inference import postprocess
-from panoptic_train.inference._array_ops import array_ops
-from panoptic_train.inference.postprocess import PostprocessConfig, panoptic_postprocess
+from panoptic_train.runtime import postprocess
+from panoptic_train.runtime.array_ops import array_ops
+from panoptic_train.runtime.postprocess import PostprocessConfig, panoptic_postprocess
 
 from .conftest import tiny_network
 

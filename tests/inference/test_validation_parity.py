@@ -19,12 +19,12 @@ from panoptic_train.data.synthetic import write_dataset
 from panoptic_train.data.transforms import load_transform_args
 from panoptic_train.evaluation.files import evaluate_panoptic
 from panoptic_train.inference.model import PanopticSegmentationModel
-from panoptic_train.inference.postprocess import PostprocessConfig
 from panoptic_train.inference.predict_files import (
     collect_images,
     image_ids_from_annotations,
     predict_files,
 )
+from panoptic_train.runtime.postprocess import PostprocessConfig
 from panoptic_train.train.validate import evaluate_network
 
 from .conftest import MEAN, STD

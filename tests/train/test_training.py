@@ -15,8 +15,8 @@ import panoptic_train
 from panoptic_train.data.config import load_data_args
 from panoptic_train.data.dataset import build_datasets, collate_val
 from panoptic_train.data.transforms import load_transform_args
-from panoptic_train.inference.postprocess import PostprocessConfig
 from panoptic_train.models.registry import create_model
+from panoptic_train.runtime.postprocess import PostprocessConfig
 from panoptic_train.train.validate import evaluate_network
 
 from .conftest import fast_run

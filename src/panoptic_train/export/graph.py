@@ -1,7 +1,7 @@
 """The modules traced into ONNX graphs: the EoMT eval path, optionally followed by the merge.
 
 Both take float32 images and give float32 logits whatever the precision inside, so every runner
-feeds and reads the same types. The merge is `inference.postprocess.merge_queries`, the code
+feeds and reads the same types. The merge is `runtime.postprocess.merge_queries`, the code
 `predict` runs, here in its fixed-shape form (all queries, a keep mask) so that the graph has no
 data-dependent shapes.
 """
@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from panoptic_train.inference._array_ops import TorchOps
-from panoptic_train.inference.postprocess import PostprocessConfig, class_scores, merge_queries
 from panoptic_train.models.eomt import EoMT
+from panoptic_train.runtime.array_ops import TorchOps
+from panoptic_train.runtime.postprocess import PostprocessConfig, class_scores, merge_queries
 
 # Probabilities held at once per image while merging (2**23 float32 = 32 MiB): the graph merges
 # all queries at full input resolution, in row bands of this size (unrolled in the graph).

@@ -19,7 +19,7 @@ from typing import Literal
 from panoptic_train._validate import check_format_version, normalization
 from panoptic_train.data.coco import ClassMapping
 from panoptic_train.errors import ConfigError, WeightsError
-from panoptic_train.inference.postprocess import PostprocessConfig
+from panoptic_train.runtime.postprocess import PostprocessConfig
 
 METADATA_KEY = "panoptic_train"
 FORMAT = "panoptic_train.eomt_panoptic.graph"

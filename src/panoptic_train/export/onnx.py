@@ -29,8 +29,8 @@ from panoptic_train.export.metadata import (
     Precision,
 )
 from panoptic_train.export.onnx_predictor import metadata_of_session
-from panoptic_train.inference.postprocess import panoptic_postprocess
 from panoptic_train.models.dinov3 import PATCH_SIZE
+from panoptic_train.runtime.postprocess import panoptic_postprocess
 
 if TYPE_CHECKING:
     from panoptic_train.inference.model import PanopticSegmentationModel

@@ -1,7 +1,7 @@
 """Run an exported ONNX file with onnxruntime, without PyTorch.
 
 Pre-processing is numpy (`export._preprocess`), post-processing the shared
-`inference.postprocess.panoptic_postprocess` on numpy arrays: the results are those of
+`runtime.postprocess.panoptic_postprocess` on numpy arrays: the results are those of
 `PanopticSegmentationModel.predict`, as numpy arrays. Graphs with the merge baked in run here
 through their logits outputs (onnxruntime then skips the merge), so thresholds can still be
 changed per call and masks come out at each image's own size.
@@ -21,7 +21,7 @@ from panoptic_train.export._preprocess import resize_and_pad_array
 from panoptic_train.export.metadata import INPUT_NAME, LOGIT_OUTPUTS, METADATA_KEY, ExportMetadata
 from panoptic_train.export.predictor import ExportedModelPredictor, to_category_ids
 from panoptic_train.inference.inputs import to_image_array
-from panoptic_train.inference.postprocess import PostprocessConfig, panoptic_postprocess
+from panoptic_train.runtime.postprocess import PostprocessConfig, panoptic_postprocess
 
 
 class OnnxPredictor(ExportedModelPredictor):

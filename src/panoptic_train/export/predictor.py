@@ -2,7 +2,7 @@
 with the network run by another engine.
 
 Torch-free: the ONNX runner builds on it without PyTorch. Subclasses load images, run their
-engine and call the shared post-processing (`inference.postprocess`) on its logits.
+engine and call the shared post-processing (`runtime.postprocess`) on its logits.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 from panoptic_train._validate import positive_int
 from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS
 from panoptic_train.export.metadata import ExportMetadata
-from panoptic_train.inference._array_ops import Array, array_ops
 from panoptic_train.inference.inputs import is_single_image
-from panoptic_train.inference.postprocess import PanopticPrediction, PostprocessConfig
+from panoptic_train.runtime.array_ops import Array, array_ops
+from panoptic_train.runtime.postprocess import PanopticPrediction, PostprocessConfig
 
 
 class ExportedModelPredictor(ABC):

@@ -1,7 +1,7 @@
 """Run a TensorRT engine written by `export_tensorrt`.
 
 Only the network runs in TensorRT: images are prepared by `data.transforms.resize_and_pad` and
-the logits merged by `inference.postprocess`, on the GPU, exactly as `predict` does, so results
+the logits merged by `runtime.postprocess`, on the GPU, exactly as `predict` does, so results
 differ from PyTorch only by the engine's arithmetic. Buffers are torch CUDA tensors (torch is a
 dependency anyway), handed to TensorRT by address.
 """
@@ -22,7 +22,7 @@ from panoptic_train.export.metadata import INPUT_NAME, LOGIT_OUTPUTS, read_sidec
 from panoptic_train.export.predictor import ExportedModelPredictor, to_category_ids
 from panoptic_train.export.tensorrt import require_tensorrt
 from panoptic_train.inference.inputs import to_image_tensor
-from panoptic_train.inference.postprocess import PostprocessConfig, panoptic_postprocess
+from panoptic_train.runtime.postprocess import PostprocessConfig, panoptic_postprocess
 
 
 class TensorRTEngine:

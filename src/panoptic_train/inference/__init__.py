@@ -1,3 +1,4 @@
-"""Inference: `load_model` and the model it returns (`predict`), the panoptic post-processing
-shared with validation and the exported-model runners, visualisation, `panoptic-train predict`.
+"""Inference: `load_model` and the model it returns (`predict`), prediction files and folders,
+visualisation, `panoptic-train predict`. The panoptic merge it shares with validation and the
+exported-model runners lives in `runtime`.
 """

@@ -1,7 +1,7 @@
 """`load_model` and the model object it returns: `predict`, class names, export.
 
 `predict` runs the same three steps as validation: `data.transforms.resize_and_pad`, the EoMT
-eval forward pass, the merge of `inference.postprocess` (`panoptic_merge`, whose row bands let
+eval forward pass, the merge of `runtime.postprocess` (`panoptic_merge`, whose row bands let
 `predict_files` stream the maps of huge images); only the mapping from class indices to the
 dataset's category ids is added here.
 """
@@ -24,8 +24,8 @@ from panoptic_train.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_a
 from panoptic_train.errors import ConfigError, WeightsError
 from panoptic_train.inference.inputs import ImageInput, is_single_image, to_image_tensor
 from panoptic_train.inference.model_file import ExportedModel, read_model_dict
-from panoptic_train.inference.postprocess import PanopticMerge, PostprocessConfig, panoptic_merge
 from panoptic_train.models.eomt import EoMT
+from panoptic_train.runtime.postprocess import PanopticMerge, PostprocessConfig, panoptic_merge
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 

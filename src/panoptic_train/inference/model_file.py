@@ -33,9 +33,9 @@ from panoptic_train._io import atomic_torch_save
 from panoptic_train._validate import check_format_version, normalization
 from panoptic_train.data.coco import ClassMapping
 from panoptic_train.errors import ConfigError, WeightsError
-from panoptic_train.inference.postprocess import PostprocessConfig
 from panoptic_train.models.dinov3 import PATCH_SIZE
 from panoptic_train.models.eomt import EoMT, EoMTConfig
+from panoptic_train.runtime.postprocess import PostprocessConfig
 
 FORMAT = "panoptic_train.eomt_panoptic"
 FORMAT_VERSION = 1

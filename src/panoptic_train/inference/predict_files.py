@@ -41,9 +41,9 @@ from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, w
 from panoptic_train.errors import ConfigError, DataError
 from panoptic_train.inference.inputs import to_image_tensor
 from panoptic_train.inference.model import PanopticSegmentationModel, PreparedImage
-from panoptic_train.inference.postprocess import PanopticMerge
 from panoptic_train.inference.prediction_folder import PredictionFolder, Record
 from panoptic_train.inference.visualize import visualize
+from panoptic_train.runtime.postprocess import PanopticMerge
 
 # Pixels of full-size images the decoding threads hold at once, and of the images one batch
 # merges (2 bytes each there): 2**26 pixels, so a 100 MP image is decoded and merged alone.

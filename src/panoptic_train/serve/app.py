@@ -24,9 +24,9 @@ from pydantic import BaseModel, Field
 
 from panoptic_train import __version__
 from panoptic_train.errors import ConfigError
-from panoptic_train.inference.postprocess import PostprocessConfig
 from panoptic_train.inference.predict_files import encode_png, panoptic_record
 from panoptic_train.inference.visualize import instance_color, visualize
+from panoptic_train.runtime.postprocess import PostprocessConfig
 from panoptic_train.serve.batching import BatchTimeoutError, MicroBatcher, QueueFullError
 from panoptic_train.serve.config import ServeConfig
 from panoptic_train.serve.model import ServedModel

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from panoptic_train.errors import ConfigError, require
-from panoptic_train.inference.postprocess import PostprocessConfig
+from panoptic_train.runtime.postprocess import PostprocessConfig
 
 if TYPE_CHECKING:
     from panoptic_train.inference.model import Precision

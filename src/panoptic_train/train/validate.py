@@ -1,7 +1,7 @@
 """Validation during training: PQ / SQ / RQ of the current network on the validation split.
 
 The images are preprocessed exactly as `predict` does (the val dataset uses
-`data.transforms.resize_and_pad`) and merged by the same `inference.postprocess` code with the
+`data.transforms.resize_and_pad`) and merged by the same `runtime.postprocess` code with the
 thresholds that go into the exported model, so the PQ reported here is what `load_model(...)
 .predict` gives on these images. Statistics are accumulated per rank and summed across ranks.
 """
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from panoptic_train.data.coco import ClassMapping
 from panoptic_train.evaluation.pq import PanopticQualityAccumulator
-from panoptic_train.inference.postprocess import PostprocessConfig, panoptic_postprocess
+from panoptic_train.runtime.postprocess import PostprocessConfig, panoptic_postprocess
 
 _GROUPS = {"All": "", "Things": "_things", "Stuff": "_stuff"}
 

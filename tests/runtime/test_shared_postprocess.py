@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from panoptic_train.inference._array_ops import TorchOps
-from panoptic_train.inference.postprocess import (
+from panoptic_train.runtime.array_ops import TorchOps
+from panoptic_train.runtime.postprocess import (
     PostprocessConfig,
     class_scores,
     merge_queries,

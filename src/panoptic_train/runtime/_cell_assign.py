@@ -23,7 +23,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from panoptic_train.inference._array_ops import Array, ArrayOps
+from panoptic_train.runtime.array_ops import Array, ArrayOps
 
 # Widening of the logit bounds: 2**-16 of the largest logit magnitude (plus 2**-16), hundreds
 # of times the float32 error of the two interpolations (a few 2**-24 of their operands).

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from panoptic_train.errors import ConfigError
-from panoptic_train.inference.postprocess import PostprocessConfig, panoptic_postprocess
+from panoptic_train.runtime.postprocess import PostprocessConfig, panoptic_postprocess
 
 ON = 10.0  # mask logit inside a hand-built mask (sigmoid ~ 1)
 OFF = -10.0  # outside (sigmoid ~ 0)
@@ -162,7 +162,7 @@ def test_no_confident_query_gives_an_all_void_map_with_the_layout() -> None:
 
 
 def test_large_images_are_processed_in_bands_with_the_same_result(monkeypatch) -> None:
-    from panoptic_train.inference import postprocess
+    from panoptic_train.runtime import postprocess
 
     generator = torch.Generator().manual_seed(1)
     class_logits = torch.randn(1, 6, 4, generator=generator) * 6

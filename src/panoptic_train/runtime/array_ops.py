@@ -1,6 +1,6 @@
 """The few array operations whose spelling differs between numpy and torch.
 
-The panoptic merge in `inference.postprocess` is written once against arrays: it uses the
+The panoptic merge in `runtime.postprocess` is written once against arrays: it uses the
 operators, indexing and methods numpy and torch share (`a @ b`, `a[..., idx]`, `.sum(axis=)`,
 `.argmax(axis=)`, `.cumsum(axis=)`), and these backends for the rest. So the same lines run on
 torch tensors (validation, `predict`, the graph baked into an ONNX export) and on numpy arrays

@@ -8,9 +8,9 @@ queries of one class, and leave everything else void (-1).
 
 Everything is vectorised over pixels and queries; the only Python loops run over images and over
 bounded chunks of very large images (to bound memory). Pixels are given to queries per cell of
-the mask grid and evaluated one by one only where a cell is undecided (`inference._cell_assign`);
+the mask grid and evaluated one by one only where a cell is undecided (`runtime._cell_assign`);
 the fixed-shape form evaluates every query at every pixel. The code is written once for torch
-tensors and numpy arrays (`inference._array_ops`): the ONNX and TensorRT runners, which must
+tensors and numpy arrays (`runtime.array_ops`): the ONNX and TensorRT runners, which must
 work without PyTorch, run these same lines on numpy arrays, and `merge_queries` (fixed shapes)
 is what an ONNX export with the merge baked in traces.
 """
@@ -24,8 +24,8 @@ from typing import NamedTuple, TypedDict
 import numpy as np
 
 from panoptic_train.errors import ConfigError
-from panoptic_train.inference._array_ops import Array, ArrayOps, array_ops
-from panoptic_train.inference._cell_assign import AxisCells, assign_band, assign_by_cells
+from panoptic_train.runtime._cell_assign import AxisCells, assign_band, assign_by_cells
+from panoptic_train.runtime.array_ops import Array, ArrayOps, array_ops
 
 # Upper bound on the number of per-query probabilities held at once at full resolution
 # (2**23 float32 = 32 MiB). Typical images fit in one band; a 12 MP photo is processed in bands.
@@ -338,7 +338,7 @@ def _merge_in_bands(
     """The merge of `merge_queries` (same arguments), keeping 2 bytes per pixel.
 
     Without `keep` (`predict`, validation, the runners) the pixels are assigned per mask-grid
-    cell (`inference._cell_assign`): the same result at a fraction of the cost, the bands' query
+    cell (`runtime._cell_assign`): the same result at a fraction of the cost, the bands' query
     maps views of one array allocated up front (per-band arrays allocated among each band's
     temporaries fragment the heap so that the temporaries' memory is not returned: a 100 MP
     image then needs twice its 200 MB). With `keep` (graphs traced into ONNX, which need fixed
@@ -432,7 +432,7 @@ class _LinearTaps(NamedTuple):
     Original pixel centre y maps to (y + 0.5) * resized / orig in the padded input and so to
     (y + 0.5) * resized * n_in / (orig * input) - 0.5 on the mask grid, clamped to the grid
     (torch grid_sample's bilinear, align_corners=False, border padding). `cells` groups the
-    output pixels by their two taps (`inference._cell_assign`).
+    output pixels by their two taps (`runtime._cell_assign`).
     """
 
     low: Array
