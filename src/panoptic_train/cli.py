@@ -16,6 +16,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from panoptic_train import __version__
 from panoptic_train.errors import OutputError, PanopticTrainError
 
 EXIT_OK = 0
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="panoptic-train",
         description="Train, evaluate, run and export EoMT panoptic segmentation models.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
