@@ -24,9 +24,9 @@ from panoptic_train.data.coco import ClassMapping
 from panoptic_train.data.io import load_image
 from panoptic_train.data.synthetic import write_dataset
 from panoptic_train.data.transforms import resize_and_pad
-from panoptic_train.inference.inputs import to_image_tensor
 from panoptic_train.inference.model import PanopticSegmentationModel
 from panoptic_train.models.registry import create_model
+from panoptic_train.runtime.inputs import to_image_tensor
 from panoptic_train.runtime.postprocess import panoptic_postprocess
 
 NUM_CLASSES = 133  # COCO panoptic

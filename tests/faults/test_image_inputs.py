@@ -13,8 +13,8 @@ from PIL import Image
 
 from panoptic_train.errors import ConfigError, DataError
 from panoptic_train.export.onnx_predictor import OnnxPredictor
-from panoptic_train.inference.inputs import to_image_array
 from panoptic_train.inference.model import PanopticSegmentationModel, load_model
+from panoptic_train.runtime.inputs import to_image_array
 
 LOOSE = {"threshold": 0.0, "overlap_threshold": 0.0}
 

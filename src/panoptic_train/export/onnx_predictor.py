@@ -1,6 +1,6 @@
 """Run an exported ONNX file with onnxruntime, without PyTorch.
 
-Pre-processing is numpy (`export._preprocess`), post-processing the shared
+Pre-processing is numpy (`runtime.preprocess`), post-processing the shared
 `runtime.postprocess.panoptic_postprocess` on numpy arrays: the results are those of
 `PanopticSegmentationModel.predict`, as numpy arrays. Graphs with the merge baked in run here
 through their logits outputs (onnxruntime then skips the merge), so thresholds can still be
@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from panoptic_train.errors import WeightsError, require
-from panoptic_train.export._preprocess import resize_and_pad_array
 from panoptic_train.export.metadata import INPUT_NAME, LOGIT_OUTPUTS, METADATA_KEY, ExportMetadata
 from panoptic_train.export.predictor import ExportedModelPredictor, to_category_ids
-from panoptic_train.inference.inputs import to_image_array
+from panoptic_train.runtime.inputs import to_image_array
 from panoptic_train.runtime.postprocess import PostprocessConfig, panoptic_postprocess
+from panoptic_train.runtime.preprocess import resize_and_pad_array
 
 
 class OnnxPredictor(ExportedModelPredictor):

@@ -14,8 +14,8 @@ from typing import Any
 from panoptic_train._validate import positive_int
 from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS
 from panoptic_train.export.metadata import ExportMetadata
-from panoptic_train.inference.inputs import is_single_image
 from panoptic_train.runtime.array_ops import Array, array_ops
+from panoptic_train.runtime.inputs import is_single_image
 from panoptic_train.runtime.postprocess import PanopticPrediction, PostprocessConfig
 
 

@@ -21,7 +21,7 @@ from panoptic_train.errors import ConfigError, WeightsError
 from panoptic_train.export.metadata import INPUT_NAME, LOGIT_OUTPUTS, read_sidecar
 from panoptic_train.export.predictor import ExportedModelPredictor, to_category_ids
 from panoptic_train.export.tensorrt import require_tensorrt
-from panoptic_train.inference.inputs import to_image_tensor
+from panoptic_train.runtime.inputs import to_image_tensor
 from panoptic_train.runtime.postprocess import PostprocessConfig, panoptic_postprocess
 
 

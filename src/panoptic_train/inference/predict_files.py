@@ -39,10 +39,10 @@ from panoptic_train._io import atomic_open
 from panoptic_train._validate import positive_int
 from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, write_segment_png
 from panoptic_train.errors import ConfigError, DataError
-from panoptic_train.inference.inputs import to_image_tensor
 from panoptic_train.inference.model import PanopticSegmentationModel, PreparedImage
 from panoptic_train.inference.prediction_folder import PredictionFolder, Record
 from panoptic_train.inference.visualize import visualize
+from panoptic_train.runtime.inputs import to_image_tensor
 from panoptic_train.runtime.postprocess import PanopticMerge
 
 # Pixels of full-size images the decoding threads hold at once, and of the images one batch

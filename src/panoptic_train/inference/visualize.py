@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 from torch import Tensor
 
-from panoptic_train.inference.inputs import ImageInput, to_uint8_image
+from panoptic_train.runtime.inputs import ImageInput, to_uint8_image
 
 _GOLDEN_RATIO = 0.618033988749895
 

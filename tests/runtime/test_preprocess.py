@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from panoptic_train.data.transforms import resize_and_pad
-from panoptic_train.export._preprocess import fit_size, resize_and_pad_array
+from panoptic_train.runtime.preprocess import fit_size, resize_and_pad_array
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
