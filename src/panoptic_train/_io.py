@@ -22,9 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from panoptic_train._types import PathLike
 from panoptic_train.errors import OutputError
-
-PathLike = str | os.PathLike[str]
 
 # Temporary files are `.<target name>.<8 characters>.tmp`; older versions used tempfile.mkstemp
 # with the same prefix and suffix, whose 8 random characters are [a-z0-9_].

@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from panoptic_train._types import is_int
 from panoptic_train.errors import ConfigError, WeightsError
 
 Triple = tuple[float, float, float]
@@ -17,7 +18,7 @@ Triple = tuple[float, float, float]
 
 def positive_int(value: Any, name: str) -> int:
     """`value` if it is a positive integer (a bool is not one); ConfigError naming it otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
     return value
 
@@ -48,9 +49,9 @@ def normalization(mean: Sequence[Any], std: Sequence[Any]) -> tuple[Triple, Trip
 def check_format_version(found: Any, expected: int, source: str, key: str) -> None:
     """WeightsError unless a file's version entry `key` is the integer `expected`, saying whether
     the entry was edited (not an integer), or the file is newer or older than this package."""
-    if found == expected and isinstance(found, int) and not isinstance(found, bool):
+    if found == expected and is_int(found):
         return
-    if isinstance(found, bool) or not isinstance(found, int):
+    if not is_int(found):
         raise WeightsError(
             f"{source} has {key} {found!r} (a {type(found).__name__}), but panoptic_train "
             f"writes the integer {expected} there: the entry was edited. Set it back to "

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from panoptic_train._types import PathLike
 from panoptic_train.data._parallel import map_in_processes
 from panoptic_train.data.coco import (
     Category,
@@ -28,7 +29,6 @@ from panoptic_train.data.coco import (
 )
 from panoptic_train.data.io import (
     IMAGE_EXTENSIONS,
-    PathLike,
     load_image,
     load_segment_ids,
     read_image_size,

@@ -16,11 +16,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from panoptic_train.data.io import PathLike, find_image_file, read_image_size
+from panoptic_train._types import MAX_SEGMENT_ID, PathLike, is_int
+from panoptic_train.data.io import find_image_file, read_image_size
 from panoptic_train.errors import ConfigError, DataError
-
-# Segment ids are 24-bit: three 8-bit PNG channels.
-MAX_SEGMENT_ID = 2**24 - 1
 
 # A DataError lists at most this many problems; `check-data` prints all of them.
 _MAX_PROBLEMS_IN_ERROR = 30
@@ -154,11 +152,6 @@ def format_problems(
     if len(messages) > len(shown):
         lines.append(f"  ... and {len(messages) - len(shown)} more. {overflow_hint}")
     return "\n".join(lines)
-
-
-def is_int(value: Any) -> bool:
-    """A JSON integer (JSON booleans load as Python bools, which are ints too)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def is_flag(value: Any) -> bool:

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from panoptic_train.data.io import PathLike
+from panoptic_train._types import PathLike
 from panoptic_train.errors import ConfigError, DataError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)

@@ -7,7 +7,6 @@ them see the same conversions: EXIF orientation applied, any colour mode or bit 
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from collections.abc import Iterable
@@ -17,6 +16,7 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from panoptic_train._types import MAX_SEGMENT_ID, PathLike
 from panoptic_train.errors import DataError
 
 # The image formats the spec lists; matched case-insensitively.
@@ -56,8 +56,6 @@ _COPY_BAND_BYTES = 1 << 24
 # Mask PNGs written band by band (`write_segment_png`): zlib at PIL's default level.
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COMPRESSION = 6
-
-PathLike = str | os.PathLike[str]
 
 
 def load_image(path: PathLike, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -215,7 +213,7 @@ def load_segment_ids(path: PathLike) -> np.ndarray:
             f"Mask '{path}' has PIL mode {mode!r}, but COCO panoptic masks are RGB PNGs whose "
             "colour encodes the segment id (R + 256·G + 256²·B). Re-save the mask as an RGB PNG."
         )
-    ids = np.frombuffer(packed, dtype="<u4").reshape(height, width) & 0xFFFFFF
+    ids = np.frombuffer(packed, dtype="<u4").reshape(height, width) & MAX_SEGMENT_ID
     return ids.astype(np.int32)
 
 

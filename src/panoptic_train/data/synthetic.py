@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from panoptic_train._io import atomic_write_json
-from panoptic_train.data.io import PathLike, encode_segment_ids
+from panoptic_train._types import PathLike
+from panoptic_train.data.io import encode_segment_ids
 from panoptic_train.errors import ConfigError
 
 # COCO-style category entries. Ids are deliberately not contiguous (and things come first, as in

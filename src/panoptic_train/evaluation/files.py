@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from panoptic_train._io import atomic_write_json, ensure_output_file
+from panoptic_train._types import MAX_SEGMENT_ID, PathLike, is_int
 from panoptic_train.data.io import load_segment_ids
 from panoptic_train.errors import ConfigError, DataError, require
 from panoptic_train.evaluation.pq import (
@@ -40,12 +41,8 @@ from panoptic_train.evaluation.pq import (
     image_statistics,
 )
 
-PathLike = str | os.PathLike[str]
-
 # "auto": hotcoco when installed, else "builtin".
 BACKENDS = ("auto", "hotcoco", "builtin")
-# Segment ids are 24-bit (R + 256·G + 256²·B); 0 is void.
-_ID_SPACE = 1 << 24
 # Dense indices are stored as int16 to keep each thread's lookup table at 32 MiB.
 _MAX_SEGMENTS = int(np.iinfo(np.int16).max)
 # PIL modes whose colours are the RGB encoding (a palette maps indices to those colours).
@@ -231,7 +228,7 @@ def _categories(content: Mapping[str, Any], json_path: Path) -> list[dict[str, A
     for position, category in enumerate(categories):
         valid = (
             isinstance(category, dict)
-            and _is_int(category.get("id"))
+            and is_int(category.get("id"))
             and category.get("isthing") in (0, 1)
         )
         if not valid:
@@ -290,10 +287,10 @@ def _annotation(
     area: list[float | None] = []
     for segment in segments:
         segment_id = segment.get("id") if isinstance(segment, dict) else None
-        if not (_is_int(segment_id) and 0 < segment_id < _ID_SPACE):
+        if not (is_int(segment_id) and 0 < segment_id <= MAX_SEGMENT_ID):
             raise DataError(
                 f"{where} (image id {image_id!r}) has a segment {segment!r} without a valid 'id' "
-                f"(an integer in 1..{_ID_SPACE - 1}; 0 is void)."
+                f"(an integer in 1..{MAX_SEGMENT_ID}; 0 is void)."
             )
         if segment_id in seen:
             raise DataError(
@@ -439,7 +436,7 @@ class _PairScorer:
         """This thread's segment id -> dense index table: -1 everywhere except 0 (void) -> 0."""
         table = getattr(self._local, "table", None)
         if table is None:
-            table = np.full(_ID_SPACE, -1, dtype=np.int16)
+            table = np.full(MAX_SEGMENT_ID + 1, -1, dtype=np.int16)
             table[0] = 0
             self._local.table = table
         return table
@@ -473,7 +470,3 @@ def _read_segment_ids(annotation: _Annotation, side: _Side) -> np.ndarray:
         raise DataError(
             f"{side.role.capitalize()} image id {annotation.image_id!r}: {error}"
         ) from error
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from panoptic_train._io import atomic_torch_save
+from panoptic_train._types import is_int
 from panoptic_train._validate import check_format_version, normalization
 from panoptic_train.data.coco import ClassMapping
 from panoptic_train.errors import ConfigError, WeightsError
@@ -210,8 +211,7 @@ def _input_size(values: Sequence[Any]) -> tuple[int, int]:
     """`image_size` of a file: two positive multiples of the patch size (what the network takes)."""
     size = tuple(values)
     if len(size) != 2 or not all(
-        isinstance(side, int) and not isinstance(side, bool) and side > 0 and side % PATCH_SIZE == 0
-        for side in size
+        is_int(side) and side > 0 and side % PATCH_SIZE == 0 for side in size
     ):
         raise ConfigError(
             f"image_size is {list(size)!r}; it needs (height, width), positive multiples of "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from panoptic_train._io import ensure_output_dir
+from panoptic_train._types import PathLike, TrainPrecision
 from panoptic_train.data.config import load_data_args
 from panoptic_train.data.transforms import load_transform_args
 from panoptic_train.errors import ConfigError
@@ -22,7 +23,6 @@ from panoptic_train.train import checkpoints as ckpt
 from panoptic_train.train.config import TrainConfig, parse_config
 from panoptic_train.train.loggers import check_dependencies
 
-PathLike = str | os.PathLike[str]
 _RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK")
 
 
@@ -41,7 +41,7 @@ def train_panoptic_segmentation(
     overwrite: bool = False,
     accelerator: str = "auto",
     strategy: str = "auto",
-    precision: str = "bf16-mixed",
+    precision: TrainPrecision = "bf16-mixed",
     float32_matmul_precision: str = "auto",
     seed: int = 0,
     logger_args: dict[str, Any] | None = None,

@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from panoptic_train._types import TrainPrecision
 from panoptic_train.data.config import DataArgs
 from panoptic_train.data.transforms import TransformArgs
 from panoptic_train.errors import ConfigError
@@ -230,9 +231,6 @@ class TorchCompileArgs(StrictConfig):
     dynamic: bool | None = None
 
 
-Precision = Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true"]
-
-
 class TrainConfig(StrictConfig):
     """All arguments of `train_panoptic_segmentation`, validated. Values that depend on the
     hardware ("auto" workers, accumulation, devices) are resolved by the loop (`loop.RunPlan`)."""
@@ -249,7 +247,7 @@ class TrainConfig(StrictConfig):
     num_nodes: int = Field(1, ge=1)
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     strategy: str = "auto"
-    precision: Precision = "bf16-mixed"
+    precision: TrainPrecision = "bf16-mixed"
     float32_matmul_precision: Literal["auto", "highest", "high", "medium"] = "auto"
     seed: int = Field(0, ge=0)
     resume_interrupted: bool = False

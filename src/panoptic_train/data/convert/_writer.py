@@ -31,10 +31,11 @@ from panoptic_train._io import (
     ensure_output_dir,
     output_error,
 )
+from panoptic_train._types import PathLike
 from panoptic_train.data._parallel import map_in_processes
 from panoptic_train.data.coco import Category, format_problems
 from panoptic_train.data.convert.summary import ConversionSummary
-from panoptic_train.data.io import PathLike, encode_segment_ids
+from panoptic_train.data.io import encode_segment_ids
 from panoptic_train.errors import ConfigError, DataError
 
 LinkMode = Literal["hard", "symlink"]

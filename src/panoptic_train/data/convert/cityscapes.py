@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 
+from panoptic_train._types import PathLike
 from panoptic_train.data.convert._labels import (
     LabelClass,
     LabelTable,
@@ -33,7 +34,7 @@ from panoptic_train.data.convert._writer import (
     raise_problems,
 )
 from panoptic_train.data.convert.summary import ConversionSummary
-from panoptic_train.data.io import PathLike, read_image_size
+from panoptic_train.data.io import read_image_size
 from panoptic_train.errors import ConfigError, DataError
 
 IMAGE_SUFFIX = "_leftImg8bit.png"

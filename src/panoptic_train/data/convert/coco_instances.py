@@ -26,7 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from panoptic_train.data.coco import is_flag, is_int, load_coco_json, parse_images
+from panoptic_train._types import PathLike, is_int, is_number
+from panoptic_train.data.coco import is_flag, load_coco_json, parse_images
 from panoptic_train.data.convert._labels import (
     LabelClass,
     LabelTable,
@@ -44,7 +45,7 @@ from panoptic_train.data.convert._writer import (
     raise_problems,
 )
 from panoptic_train.data.convert.summary import ConversionSummary
-from panoptic_train.data.io import PathLike, find_image_file, read_image_size
+from panoptic_train.data.io import find_image_file, read_image_size
 from panoptic_train.errors import ConfigError, DataError, require
 
 Overlap = Literal["smaller", "last", "void"]
@@ -178,15 +179,15 @@ def _parse_categories(
 ) -> dict[int, LabelClass]:
     categories: dict[int, LabelClass] = {}
     for position, entry in enumerate(raw):
-        category_id = entry.get("id") if isinstance(entry, dict) else None
-        name = entry.get("name") if isinstance(entry, dict) else None
+        fields: dict[str, Any] = entry if isinstance(entry, dict) else {}
+        category_id, name = fields.get("id"), fields.get("name")
         if not is_int(category_id) or not isinstance(name, str) or category_id in categories:
             problems.append(
                 f"categories[{position}] of '{path}' is {entry!r}: a category needs an integer "
                 "'id' of its own and a 'name'. Fix that entry."
             )
             continue
-        supercategory = entry.get("supercategory")
+        supercategory = fields.get("supercategory")
         categories[category_id] = LabelClass(
             category_id,
             name,
@@ -216,7 +217,8 @@ def _parse_regions(
         bad = []
         if image_id not in image_entries:
             bad.append(f"'image_id' {image_id!r} is not an id of the instances JSON's 'images'")
-        if category_id not in categories:
+        category = categories.get(category_id)
+        if category is None:
             bad.append(
                 f"'category_id' {category_id!r} is not in 'categories' (ids {sorted(categories)})"
             )
@@ -228,7 +230,7 @@ def _parse_regions(
             problems.append(f"{where}: {'; '.join(bad)}. Fix or remove the annotation.")
             continue
         # Crowd is a thing notion: a stuff class is one segment per image anyway.
-        label = SegmentLabel(category_id, bool(iscrowd) and categories[category_id].isthing)
+        label = SegmentLabel(category.id, bool(iscrowd) and category.isthing)
         regions[image_id].append(_Region(segmentation, label, "", where))
     return dict(regions)
 
@@ -403,9 +405,7 @@ def _decode(region: _Region, size: tuple[int, int]) -> np.ndarray:
 
 def _is_polygon(polygon: Any) -> bool:
     return (
-        isinstance(polygon, list)
-        and len(polygon) % 2 == 0
-        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in polygon)
+        isinstance(polygon, list) and len(polygon) % 2 == 0 and all(is_number(v) for v in polygon)
     )
 
 

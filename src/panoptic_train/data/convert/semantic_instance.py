@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from panoptic_train._types import PathLike
 from panoptic_train.data.convert._labels import (
     LabelTable,
     ThingsWithoutInstance,
@@ -34,7 +35,7 @@ from panoptic_train.data.convert._writer import (
     raise_problems,
 )
 from panoptic_train.data.convert.summary import ConversionSummary
-from panoptic_train.data.io import PathLike, read_image_size
+from panoptic_train.data.io import read_image_size
 from panoptic_train.errors import ConfigError, DataError
 
 SEMANTIC_ROLE = "semantic PNG"

@@ -21,11 +21,12 @@ import yaml
 from PIL import Image
 
 from panoptic_train._io import atomic_open, atomic_write, ensure_output_dir
+from panoptic_train._types import PathLike
 from panoptic_train.data._parallel import map_in_processes
 from panoptic_train.data.coco import ClassMapping, PanopticSample, read_panoptic_index
 from panoptic_train.data.convert._writer import prepare_output, raise_problems, remove_output
 from panoptic_train.data.convert.summary import SemanticSummary
-from panoptic_train.data.io import PathLike, load_segment_ids
+from panoptic_train.data.io import load_segment_ids
 from panoptic_train.errors import ConfigError, DataError
 
 CLASSES_FILE = "classes.yaml"
