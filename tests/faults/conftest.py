@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from panoptic_train.inference.model_file import ExportedModel
+from panoptic_train.runtime.model_file import ExportedModel
 
 from ..inference.conftest import CLASSES, MEAN, STD, tiny_network
 

@@ -10,8 +10,8 @@ import torch
 from panoptic_train.data.coco import ClassMapping
 from panoptic_train.data.synthetic import CATEGORIES
 from panoptic_train.inference.model import PanopticSegmentationModel, load_model
-from panoptic_train.inference.model_file import ExportedModel
 from panoptic_train.models.registry import create_model
+from panoptic_train.runtime.model_file import ExportedModel
 
 # The synthetic dataset's categories: non-contiguous ids (1, 2, 3, 10, 11, 12), things and stuff.
 CLASSES = ClassMapping.from_list(CATEGORIES)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from panoptic_train.errors import ConfigError, WeightsError
 from panoptic_train.inference.model import PanopticSegmentationModel, load_model
-from panoptic_train.inference.model_file import FORMAT, ExportedModel
+from panoptic_train.runtime.model_file import FORMAT, ExportedModel
 from panoptic_train.runtime.postprocess import PostprocessConfig
 
 from .conftest import CLASSES, MEAN, STD, tiny_network

@@ -9,8 +9,8 @@ import torch
 
 from panoptic_train.data.coco import ClassMapping
 from panoptic_train.data.synthetic import CATEGORIES
-from panoptic_train.inference.model_file import ExportedModel
 from panoptic_train.models.registry import create_model
+from panoptic_train.runtime.model_file import ExportedModel
 from panoptic_train.train.config import ModelArgs
 from panoptic_train.train.model_init import build_initial_model
 

@@ -22,9 +22,9 @@ from panoptic_train.data.coco import ClassMapping
 from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS
 from panoptic_train.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_and_pad
 from panoptic_train.errors import ConfigError, WeightsError
-from panoptic_train.inference.model_file import ExportedModel, read_model_dict
 from panoptic_train.models.eomt import EoMT
 from panoptic_train.runtime.inputs import ImageInput, is_single_image, to_image_tensor
+from panoptic_train.runtime.model_file import ExportedModel, read_model_dict
 from panoptic_train.runtime.postprocess import PanopticMerge, PostprocessConfig, panoptic_merge
 
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
@@ -167,7 +167,7 @@ class PanopticSegmentationModel:
         }
 
     def to_exported(self) -> ExportedModel:
-        """The exported-model file content of this model (see `inference.model_file`)."""
+        """The exported-model file content of this model (see `runtime.model_file`)."""
         return ExportedModel.from_network(
             self.network,
             model_name=self.model_name,

@@ -182,7 +182,7 @@ def model_defaults(model: str) -> ModelDefaults:
     if registry.is_model_name(model):
         info = registry.get_model_info(model)
         return ModelDefaults(info.default_steps, info.image_size)
-    from panoptic_train.inference.model_file import read_model_dict
+    from panoptic_train.runtime.model_file import read_model_dict
 
     stored = read_model_dict(model)
     name = stored.get("model_name")

@@ -6,8 +6,8 @@ the resolved config.
 
     checkpoint_format        "panoptic_train.train_checkpoint"
     checkpoint_version       1 (not "format": that key marks exported-model dicts, so
-                             `inference.model_file.read_model_dict` finds the model under `model`)
-    model                    the exported-model dict (`inference.model_file`), so `load_model`
+                             `runtime.model_file.read_model_dict` finds the model under `model`)
+    model                    the exported-model dict (`runtime.model_file`), so `load_model`
                              and fine-tuning read a .ckpt like an exported_*.pt
     optimizer                the optimiser state keyed by parameter name (full, unsharded)
     step, samples_seen       optimiser steps done and training positions consumed
@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.state_dict import (
 from panoptic_train._io import atomic_torch_save, remove_stale_temp_files
 from panoptic_train._validate import check_format_version
 from panoptic_train.errors import ConfigError, WeightsError
-from panoptic_train.inference.model_file import CHECKPOINT_MODEL_KEY, verify_checksums
+from panoptic_train.runtime.model_file import CHECKPOINT_MODEL_KEY, verify_checksums
 
 FORMAT = "panoptic_train.train_checkpoint"
 FORMAT_VERSION = 1

@@ -33,8 +33,8 @@ from panoptic_train.data.coco import ClassMapping
 from panoptic_train.data.dataset import build_datasets, collate_val
 from panoptic_train.errors import ConfigError, PanopticTrainError
 from panoptic_train.evaluation.report import format_summary
-from panoptic_train.inference.model_file import ExportedModel
 from panoptic_train.models.eomt import EoMT
+from panoptic_train.runtime.model_file import ExportedModel
 from panoptic_train.runtime.postprocess import PostprocessConfig
 from panoptic_train.train import checkpoints as ckpt
 from panoptic_train.train.config import TrainConfig

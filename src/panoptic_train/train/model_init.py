@@ -18,9 +18,9 @@ import torch
 
 from panoptic_train.data.coco import ClassMapping
 from panoptic_train.errors import ConfigError, WeightsError
-from panoptic_train.inference.model_file import ExportedModel, read_model_dict
 from panoptic_train.models import registry
 from panoptic_train.models.eomt import EoMT
+from panoptic_train.runtime.model_file import ExportedModel, read_model_dict
 from panoptic_train.train.config import ModelArgs
 
 _CLASS_HEAD = "class_head."
