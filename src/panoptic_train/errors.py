@@ -3,6 +3,8 @@ from, and how to fix it; the CLI prints them without a traceback."""
 
 from __future__ import annotations
 
+from types import ModuleType
+
 
 class PanopticTrainError(Exception):
     """Base class of every user-facing error."""
@@ -32,7 +34,7 @@ class OutputError(PanopticTrainError, OSError):
     """
 
 
-def require(module: str, extra: str, purpose: str) -> object:
+def require(module: str, extra: str, purpose: str) -> ModuleType:
     """Import an optional dependency or explain which extra provides it."""
     import importlib
 

@@ -180,7 +180,8 @@ def _parse_categories(
     categories: dict[int, LabelClass] = {}
     for position, entry in enumerate(raw):
         fields: dict[str, Any] = entry if isinstance(entry, dict) else {}
-        category_id, name = fields.get("id"), fields.get("name")
+        category_id: Any = fields.get("id")  # a JSON value of any type until checked
+        name = fields.get("name")
         if not is_int(category_id) or not isinstance(name, str) or category_id in categories:
             problems.append(
                 f"categories[{position}] of '{path}' is {entry!r}: a category needs an integer "
@@ -212,13 +213,13 @@ def _parse_regions(
             problems.append(f"{where} is {entry!r}, not an annotation object. Fix that entry.")
             continue
         where = f"annotations[{position}] (id {entry.get('id')!r}) of '{path}'"
-        image_id, category_id = entry.get("image_id"), entry.get("category_id")
+        image_id = entry.get("image_id")
+        category_id: Any = entry.get("category_id")  # a JSON value of any type until checked
         iscrowd, segmentation = entry.get("iscrowd", 0), entry.get("segmentation")
         bad = []
         if image_id not in image_entries:
             bad.append(f"'image_id' {image_id!r} is not an id of the instances JSON's 'images'")
-        category = categories.get(category_id)
-        if category is None:
+        if category_id not in categories:
             bad.append(
                 f"'category_id' {category_id!r} is not in 'categories' (ids {sorted(categories)})"
             )
@@ -230,7 +231,7 @@ def _parse_regions(
             problems.append(f"{where}: {'; '.join(bad)}. Fix or remove the annotation.")
             continue
         # Crowd is a thing notion: a stuff class is one segment per image anyway.
-        label = SegmentLabel(category.id, bool(iscrowd) and category.isthing)
+        label = SegmentLabel(category_id, bool(iscrowd) and categories[category_id].isthing)
         regions[image_id].append(_Region(segmentation, label, "", where))
     return dict(regions)
 
