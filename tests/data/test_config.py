@@ -52,10 +52,13 @@ def test_unknown_and_missing_keys_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_data_args({**data, "test": {}})
     message = str(info.value)
-    assert "data.train.image: unknown key 'image'" in message
-    assert "allowed keys: ['annotations', 'images', 'masks']" in message
-    assert "data.train.images: Field required" in message
-    assert "data.test: unknown key 'test'" in message
+    assert message.startswith("Invalid data:\n")
+    assert (
+        "\n  data['train']['image']: unknown key (valid keys: ['annotations', 'images', "
+        "'masks']); did you mean 'images'?"
+    ) in message
+    assert "\n  data['train']['images']: required key missing" in message
+    assert "\n  data['test']: unknown key (valid keys: " in message
 
 
 def test_missing_paths_are_listed(tmp_path: Path) -> None:
@@ -65,7 +68,7 @@ def test_missing_paths_are_listed(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(DataError) as info:
         load_data_args(path)
-    assert f"data.val.masks = '{tmp_path / 'annotations' / 'nope'}'" in str(info.value)
+    assert f"data['val']['masks']='{tmp_path / 'annotations' / 'nope'}'" in str(info.value)
     assert "data file's folder" in str(info.value)
 
 

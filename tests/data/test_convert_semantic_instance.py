@@ -125,7 +125,7 @@ def test_json_classes_list_and_palette_semantic(
 ) -> None:
     source["classes"] = tmp_path / "classes.json"
     source["classes"].write_text(json.dumps(CLASSES["classes"] + [{"id": 255, "name": "x"}]))
-    with pytest.raises(ConfigError, match=r"'classes\.json'\.classes\.4\.isthing: Field required"):
+    with pytest.raises(ConfigError, match=r"classes\.json':\n  classes\[4\]\['isthing'\]: required key missing"):
         _convert(source, tmp_path / "out")
     source["classes"].write_text(json.dumps(CLASSES["classes"]))
     palette = Image.fromarray(SEMANTIC_B, mode="L").convert("P")
@@ -193,7 +193,7 @@ def test_classes_file_errors(source: dict[str, Path], tmp_path: Path) -> None:
     assert "class id(s) [1, 2, 5, 6] appear more than once" in str(info.value)
     assert "id(s) [1] are both a class and an 'ignore' value" in str(info.value)
     source["classes"].write_text(yaml.safe_dump({"classes": CLASSES["classes"], "colour": 1}))
-    with pytest.raises(ConfigError, match="unknown key 'colour'"):
+    with pytest.raises(ConfigError, match=r"Invalid classes file '.*':\n  colour: unknown key"):
         _convert(source, tmp_path / "out")
     source["classes"].write_text(yaml.safe_dump({"classes": []}))
     with pytest.raises(ConfigError, match="lists no classes"):

@@ -44,12 +44,12 @@ def test_val_override_only_changes_validation() -> None:
 @pytest.mark.parametrize(
     ("transform_args", "expected"),
     [
-        ({"imagesize": (1, 1)}, "transform_args.imagesize: unknown key 'imagesize'"),
-        ({"normalize": {"mean": [0.5] * 3, "sdt": [1] * 3}}, "transform_args.normalize.sdt"),
-        ({"scale_jitter": {"min": 0.5}}, "allowed keys: ['max_scale', 'min_scale']"),
-        ({"val": {"flip": True}}, "transform_args.val.flip: unknown key"),
+        ({"imagesize": (1, 1)}, "transform_args['imagesize']: unknown key"),
+        ({"normalize": {"mean": [0.5] * 3, "sdt": [1] * 3}}, "transform_args['normalize']['sdt']"),
+        ({"scale_jitter": {"min": 0.5}}, "valid keys: ['max_scale', 'min_scale']"),
+        ({"val": {"flip": True}}, "transform_args['val']['flip']: unknown key"),
         ({"scale_jitter": {"min_scale": 3.0}}, "min_scale (3.0) must not exceed max_scale"),
-        ({"horizontal_flip_prob": 1.5}, "transform_args.horizontal_flip_prob"),
+        ({"horizontal_flip_prob": 1.5}, "transform_args['horizontal_flip_prob']=1.5: should be"),
         ({"image_size": (0, 64)}, "image_size must be positive"),
     ],
 )

@@ -26,9 +26,12 @@ def test_a_port_in_use_is_reported_before_the_model_loads(
     ("option", "message"),
     [
         (["--port", "70000"], "--port 70000 is not a port number"),
-        (["--max-batch", "0"], "max_batch must be a positive integer, got 0"),
-        (["--max-wait-ms", "-5"], "max_wait_ms must be >= 0 milliseconds, got -5.0"),
-        (["--timeout", "0"], "timeout_s must be > 0 seconds"),
+        (
+            ["--max-batch", "0"],
+            "serve options:\n  max_batch=0: should be greater than or equal to 1",
+        ),
+        (["--max-wait-ms", "-5"], "max_wait_ms=-5.0: should be greater than or equal to 0"),
+        (["--timeout", "0"], "timeout_s=0.0: should be greater than 0"),
     ],
 )
 def test_bad_options_name_the_value(

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from panoptic_train._validate import parse_config
 from panoptic_train.errors import ConfigError
 from panoptic_train.train.api import model_defaults
-from panoptic_train.train.config import (
-    LoggerArgs,
-    ModelArgs,
-    SaveCheckpointArgs,
-    parse_config,
-)
+from panoptic_train.train.config import LoggerArgs, ModelArgs, SaveCheckpointArgs
 
 
 def test_defaults_when_none() -> None:
@@ -51,7 +47,7 @@ def test_turning_a_logger_off() -> None:
 
 
 def test_not_a_dict() -> None:
-    with pytest.raises(ConfigError, match="model_args must be a dict"):
+    with pytest.raises(ConfigError, match=r"model_args='lr=1': should be a dict \(valid keys: \["):
         parse_config(ModelArgs, "lr=1", "model_args")  # type: ignore[arg-type]
 
 

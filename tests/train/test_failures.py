@@ -41,7 +41,10 @@ def test_nan_loss_stops_with_step_lr_and_hint(
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"model_args": {"lrr": 1e-3}}, r"unknown key model_args\['lrr'\].*'lr'"),
+        (
+            {"model_args": {"lrr": 1e-3}},
+            r"model_args\['lrr'\]: unknown key .*'lr'\?",
+        ),
         ({"logger_args": {"wandb": {"projct": "x"}}}, r"logger_args\['wandb'\]\['projct'\]"),
         ({"save_checkpoint_args": {"save_every": 5}}, r"save_checkpoint_args\['save_every'\]"),
         ({"loader_args": {"workers": 2}}, r"loader_args\['workers'\]"),

@@ -17,7 +17,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from panoptic_train.data.config import StrictModel, parse_args
+from panoptic_train._validate import StrictConfig, parse_config
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -26,7 +26,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 PADDING_ID = -1
 
 
-class NormalizeArgs(StrictModel):
+class NormalizeArgs(StrictConfig):
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -37,7 +37,7 @@ class NormalizeArgs(StrictModel):
         return self
 
 
-class ScaleJitterArgs(StrictModel):
+class ScaleJitterArgs(StrictConfig):
     """Large-scale jitter: the image is fitted into `image_size`, then scaled by a random factor
     in [min_scale, max_scale] keeping its aspect ratio (EoMT's COCO recipe: 0.1 to 2.0)."""
 
@@ -53,7 +53,7 @@ class ScaleJitterArgs(StrictModel):
         return self
 
 
-class ColorJitterArgs(StrictModel):
+class ColorJitterArgs(StrictConfig):
     """Photometric jitter applied with `probability` (factors as in torchvision's ColorJitter)."""
 
     probability: float = Field(default=0.8, ge=0, le=1)
@@ -63,7 +63,7 @@ class ColorJitterArgs(StrictModel):
     hue: float = Field(default=0.05, ge=0, le=0.5)
 
 
-class ValTransformArgs(StrictModel):
+class ValTransformArgs(StrictConfig):
     """Overrides for validation; unset values are taken from the train arguments."""
 
     image_size: tuple[int, int] | None = None
@@ -76,7 +76,7 @@ class ValTransformArgs(StrictModel):
         return self
 
 
-class TransformArgs(StrictModel):
+class TransformArgs(StrictConfig):
     """The `transform_args` argument. `image_size` is (height, width)."""
 
     image_size: tuple[int, int] = (640, 640)
@@ -103,7 +103,7 @@ class TransformArgs(StrictModel):
 
 def load_transform_args(transform_args: TransformArgs | dict[str, Any] | None) -> TransformArgs:
     """Validate the `transform_args` argument; None means all defaults."""
-    return parse_args(TransformArgs, transform_args or {}, "transform_args")
+    return parse_config(TransformArgs, transform_args, "transform_args")
 
 
 def resize_and_pad(

@@ -6,6 +6,7 @@ import argparse
 import socket
 import sys
 
+from panoptic_train._validate import parse_config
 from panoptic_train.errors import ConfigError
 from panoptic_train.serve.config import ServeConfig
 
@@ -73,13 +74,14 @@ def run(args: argparse.Namespace) -> int:
     from panoptic_train.serve.app import create_app
     from panoptic_train.serve.model import load_served_model
 
-    config = ServeConfig(
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        max_queue=args.max_queue,
-        timeout_s=args.timeout,
-        max_image_pixels=args.max_image_pixels,
-    )
+    options = {
+        "max_batch": args.max_batch,
+        "max_wait_ms": args.max_wait_ms,
+        "max_queue": args.max_queue,
+        "timeout_s": args.timeout,
+        "max_image_pixels": args.max_image_pixels,
+    }
+    config = parse_config(ServeConfig, options, "", "serve options")
     listener = _listen(args.host, args.port)  # a taken port fails now, not after the model loads
     try:
         print(f"Loading {args.model} ...", file=sys.stderr)

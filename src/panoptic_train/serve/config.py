@@ -1,17 +1,16 @@
 """The knobs of `panoptic-train serve`, checked once for the CLI and `create_app` alike.
 
-Standard library only, so the CLI can show the defaults without importing the server stack.
+No server stack here, so the CLI can show the defaults without importing it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import Field
 
-from panoptic_train.errors import ConfigError
+from panoptic_train._validate import StrictConfig
 
 
-@dataclass(frozen=True)
-class ServeConfig:
+class ServeConfig(StrictConfig):
     """Batching, back-pressure and input limits of the server.
 
     max_batch: most images one forward pass takes.
@@ -21,18 +20,8 @@ class ServeConfig:
     max_image_pixels: larger images are refused (413) from their header, before decoding.
     """
 
-    max_batch: int = 8
-    max_wait_ms: float = 5.0
-    max_queue: int = 64
-    timeout_s: float = 30.0
-    max_image_pixels: int = 40_000_000
-
-    def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_image_pixels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-        if not self.max_wait_ms >= 0:
-            raise ConfigError(f"max_wait_ms must be >= 0 milliseconds, got {self.max_wait_ms!r}.")
-        if not self.timeout_s > 0:
-            raise ConfigError(f"timeout_s must be > 0 seconds, got {self.timeout_s!r}.")
+    max_batch: int = Field(8, ge=1, strict=True)
+    max_wait_ms: float = Field(5.0, ge=0)
+    max_queue: int = Field(64, ge=1, strict=True)
+    timeout_s: float = Field(30.0, gt=0)
+    max_image_pixels: int = Field(40_000_000, ge=1, strict=True)

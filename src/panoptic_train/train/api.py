@@ -15,12 +15,13 @@ from typing import Any, Literal
 
 from panoptic_train._io import ensure_output_dir
 from panoptic_train._types import PathLike, TrainPrecision
+from panoptic_train._validate import parse_config
 from panoptic_train.data.config import load_data_args
 from panoptic_train.data.transforms import load_transform_args
 from panoptic_train.errors import ConfigError
 from panoptic_train.models import registry
 from panoptic_train.train import checkpoints as ckpt
-from panoptic_train.train.config import TrainConfig, parse_config
+from panoptic_train.train.config import TrainConfig
 from panoptic_train.train.loggers import check_dependencies
 
 _RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK")

@@ -2,87 +2,27 @@
 
 Every dict a user passes (`model_args`, `logger_args`, `metric_args`, `loader_args`,
 `save_checkpoint_args`, `torch_compile_args`) is validated once, at the entry, into one of the
-pydantic models below. An unknown key or a bad value is a `ConfigError` naming the argument, the
-key and the accepted keys; nothing is silently ignored.
+configs below by `_validate.parse_config`: an unknown key or a bad value is a `ConfigError`
+naming the argument, the key and the accepted keys or values; nothing is silently ignored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from panoptic_train._types import TrainPrecision
+from panoptic_train._validate import StrictConfig
 from panoptic_train.data.config import DataArgs
 from panoptic_train.data.transforms import TransformArgs
-from panoptic_train.errors import ConfigError
 
 Auto = Literal["auto"]
 
 
-class StrictConfig(BaseModel):
-    """Base of every config: unknown keys are errors, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-ConfigT = TypeVar("ConfigT", bound=StrictConfig)
-
-
-def _location(argument: str, loc: tuple[int | str, ...]) -> str:
-    """`model_args['lr']`; at the top level (argument "") the first key stands bare: `steps`."""
-    if not argument and loc:
-        argument, loc = str(loc[0]), loc[1:]
-    return argument + "".join(f"[{part!r}]" for part in loc)
-
-
-def parse_config(cls: type[ConfigT], value: Mapping[str, Any] | None, argument: str) -> ConfigT:
-    """Validate a user's dict (None = all defaults) into `cls`; errors name `argument` and key."""
-    if value is None:
-        value = {}
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, Mapping):
-        raise ConfigError(
-            f"{argument} must be a dict, got {type(value).__name__} {value!r}. "
-            f"Valid keys: {sorted(cls.model_fields)}."
-        )
-    try:
-        return cls.model_validate(dict(value))
-    except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            where = _location(argument, item["loc"])
-            if item["type"] == "extra_forbidden":
-                parent = cls
-                for part in item["loc"][:-1]:
-                    annotation = parent.model_fields.get(str(part))
-                    nested = _config_class(annotation.annotation) if annotation else None
-                    if nested is None:
-                        break
-                    parent = nested
-                problems.append(f"unknown key {where} (valid keys: {sorted(parent.model_fields)})")
-            else:
-                problems.append(f"{where}={item.get('input')!r}: {item['msg']}")
-        what = argument or "arguments"
-        raise ConfigError(f"Invalid {what}: " + "; ".join(problems) + ".") from None
-
-
-def _config_class(annotation: Any) -> type[StrictConfig] | None:
-    """The StrictConfig class inside an annotation such as `WandbArgs | None`, if any."""
-    if isinstance(annotation, type) and issubclass(annotation, StrictConfig):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _config_class(arg)
-        if found is not None:
-            return found
-    return None
-
-
 class ModelArgs(StrictConfig):
-    """Architecture overrides and the EoMT training recipe (DESIGN.md, "EoMT").
+    """Architecture overrides and the EoMT training recipe.
 
     `backbone_weights`: "default" (the registry's source), None (random init) or a path/URL to
     DINOv3 weights. `lr` is the learning rate at global batch 16; it is scaled by

@@ -10,7 +10,6 @@ table's void values void.
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,11 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from PIL import Image, UnidentifiedImageError
 from pydantic import Field
 
-from panoptic_train.data.config import StrictModel, parse_args
+from panoptic_train._validate import StrictConfig, parse_config, read_config_file
 from panoptic_train.data.convert._writer import PanopticMap, SegmentLabel
 from panoptic_train.data.io import IMAGE_EXTENSIONS
 from panoptic_train.errors import ConfigError, DataError
@@ -71,7 +69,7 @@ class LabelTable:
         return [label_class.category() for label_class in self.classes]
 
 
-class _ClassEntry(StrictModel):
+class _ClassEntry(StrictConfig):
     id: int = Field(ge=0)
     name: str = Field(min_length=1)
     isthing: bool
@@ -79,7 +77,7 @@ class _ClassEntry(StrictModel):
     supercategory: str | None = None
 
 
-class _ClassesFile(StrictModel):
+class _ClassesFile(StrictConfig):
     classes: tuple[_ClassEntry, ...]
     ignore: tuple[int, ...] = ()
 
@@ -88,24 +86,17 @@ def load_classes_file(path: Path) -> LabelTable:
     """Read a classes file (YAML or JSON): `classes` (list of `id`, `name`, `isthing`, optional
     `color`, `supercategory`) and optional `ignore` (a value or a list of values made void).
     A bare list is taken as `classes`."""
-    if not path.is_file():
-        raise ConfigError(
-            f"The classes file '{path}' does not exist. Write a YAML or JSON file with "
-            "'classes' (a list of {id, name, isthing}) and, optionally, 'ignore'."
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ConfigError(f"Cannot parse the classes file '{path}': {error}") from error
+    raw = read_config_file(
+        path,
+        "classes file",
+        "Write a YAML or JSON file with 'classes' (a list of {id, name, isthing}) and, "
+        "optionally, 'ignore'.",
+    )
     if isinstance(raw, list):
         raw = {"classes": raw}
     if isinstance(raw, dict) and isinstance(raw.get("ignore"), int):
         raw = {**raw, "ignore": [raw["ignore"]]}
-    try:
-        parsed = parse_args(_ClassesFile, raw, f"'{path.name}'")
-    except ConfigError as error:
-        raise ConfigError(f"{error}\nFix the classes file '{path}'.") from None
+    parsed = parse_config(_ClassesFile, raw, "", f"classes file '{path}'")
     if not parsed.classes:
         raise ConfigError(f"The classes file '{path}' lists no classes. Add them under 'classes'.")
     counts = Counter(entry.id for entry in parsed.classes)
