@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from panoptic_train.errors import ConfigError, MissingDependencyError
-from panoptic_train.export import ExportError, export_onnx, verify_onnx
+from panoptic_train.export import ExportError, export_onnx, export_tensorrt, verify_onnx
 from panoptic_train.export import _verify as verification
 from panoptic_train.inference.model import PanopticSegmentationModel
 
@@ -191,3 +191,9 @@ def test_missing_packages_name_the_extra(
     with pytest.raises(MissingDependencyError, match=r'pip install "panoptic-train\[onnx\]"'):
         export_onnx(model, tmp_path / "model.onnx", **kwargs)
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_the_model_methods_are_the_export_functions() -> None:
+    # model.export_onnx(out, ...) is export_onnx(model, out, ...): one signature and docstring
+    assert PanopticSegmentationModel.export_onnx is export_onnx
+    assert PanopticSegmentationModel.export_tensorrt is export_tensorrt

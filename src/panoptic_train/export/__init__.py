@@ -20,7 +20,7 @@ _EXPORTS: dict[str, str] = {
     "verify_onnx": "panoptic_train.export.onnx",
     "ExportError": "panoptic_train.export.onnx",
     "export_tensorrt": "panoptic_train.export.tensorrt",
-    "GPUUnavailableError": "panoptic_train.export.tensorrt",
+    "GPUUnavailableError": "panoptic_train.export.tensorrt_predictor",
     "OnnxPredictor": "panoptic_train.export.onnx_predictor",
     "TensorRTPredictor": "panoptic_train.export.tensorrt_predictor",
     "ExportMetadata": "panoptic_train.export.metadata",
@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from panoptic_train.export.metadata import ExportMetadata
     from panoptic_train.export.onnx import ExportError, export_onnx, verify_onnx
     from panoptic_train.export.onnx_predictor import OnnxPredictor
-    from panoptic_train.export.tensorrt import GPUUnavailableError, export_tensorrt
-    from panoptic_train.export.tensorrt_predictor import TensorRTPredictor
+    from panoptic_train.export.tensorrt import export_tensorrt
+    from panoptic_train.export.tensorrt_predictor import GPUUnavailableError, TensorRTPredictor
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

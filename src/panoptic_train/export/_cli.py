@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     export_logger.setLevel(logging.INFO)
 
     if args.format == "tensorrt":
-        from panoptic_train.export.tensorrt import require_tensorrt
+        from panoptic_train.export.tensorrt_predictor import require_tensorrt
 
         require_tensorrt("Building a TensorRT engine")  # before the minutes of loading a model
     ensure_output_file(args.out)  # before loading the model

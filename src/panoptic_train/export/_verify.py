@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from panoptic_train.export.exportable import ExportableModel
 from panoptic_train.export.metadata import LOGIT_OUTPUTS, Precision
-
-if TYPE_CHECKING:
-    from panoptic_train.inference.model import PanopticSegmentationModel
 
 # The largest |exported - PyTorch fp32| allowed on each logits output, relative to
 # max(1, max |PyTorch logit|). fp32 graphs agree to ~1e-6 in onnxruntime, fp16 ones to ~1e-3.
@@ -74,7 +71,7 @@ def example_images(
 
 
 def compare_logits(
-    model: PanopticSegmentationModel,
+    model: ExportableModel,
     images: torch.Tensor,
     outputs: Mapping[str, np.ndarray],
     precision: Precision,

@@ -11,7 +11,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from panoptic_train import __version__
 from panoptic_train._io import atomic_write, ensure_output_file
 from panoptic_train.errors import ConfigError, PanopticTrainError, require
 from panoptic_train.export._verify import VerificationReport, compare_logits, example_images
+from panoptic_train.export.exportable import ExportableModel
 from panoptic_train.export.graph import LogitsGraph, PanopticGraph
 from panoptic_train.export.metadata import (
     INPUT_NAME,
@@ -31,9 +32,6 @@ from panoptic_train.export.metadata import (
 from panoptic_train.export.onnx_predictor import metadata_of_session
 from panoptic_train.models.dinov3 import PATCH_SIZE
 from panoptic_train.runtime.postprocess import panoptic_postprocess
-
-if TYPE_CHECKING:
-    from panoptic_train.inference.model import PanopticSegmentationModel
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +45,7 @@ class ExportError(PanopticTrainError, RuntimeError):
 
 
 def export_onnx(
-    model: PanopticSegmentationModel,
+    model: ExportableModel,
     out: str | os.PathLike[str],
     precision: Precision = "fp32",
     batch_size: int = 1,
@@ -124,7 +122,7 @@ class _ExportOptions:
     @classmethod
     def validate(
         cls,
-        model: PanopticSegmentationModel,
+        model: ExportableModel,
         precision: str,
         batch_size: int,
         height: int | None,
@@ -171,7 +169,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _build_graph(model: PanopticSegmentationModel, metadata: ExportMetadata) -> torch.nn.Module:
+def _build_graph(model: ExportableModel, metadata: ExportMetadata) -> torch.nn.Module:
     """The module to trace, on a CPU rebuild of the network from its weights (the model itself
     is left as it is, and a model on the GPU is not duplicated there).
 
@@ -238,7 +236,7 @@ def _set_metadata(proto: Any, metadata: ExportMetadata) -> None:
 
 
 def verify_onnx(
-    model: PanopticSegmentationModel,
+    model: ExportableModel,
     onnx_model: str | os.PathLike[str] | bytes,
     batch_size: int = 1,
 ) -> VerificationReport:

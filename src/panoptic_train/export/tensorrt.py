@@ -13,13 +13,14 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from panoptic_train._io import atomic_write, ensure_output_file
-from panoptic_train.errors import ConfigError, PanopticTrainError, require
+from panoptic_train.errors import ConfigError
 from panoptic_train.export._verify import VerificationReport, compare_logits, example_images
+from panoptic_train.export.exportable import ExportableModel
 from panoptic_train.export.metadata import (
     INPUT_NAME,
     LOGIT_OUTPUTS,
@@ -29,27 +30,9 @@ from panoptic_train.export.metadata import (
     sidecar_path,
 )
 from panoptic_train.export.onnx import ExportError, export_onnx
-
-if TYPE_CHECKING:
-    from panoptic_train.inference.model import PanopticSegmentationModel
+from panoptic_train.export.tensorrt_predictor import TensorRTEngine, require_tensorrt
 
 logger = logging.getLogger(__name__)
-
-
-class GPUUnavailableError(PanopticTrainError, RuntimeError):
-    """TensorRT was asked for on a machine where PyTorch sees no CUDA GPU."""
-
-
-def require_tensorrt(purpose: str) -> Any:
-    """The tensorrt module, on a machine with a CUDA GPU; clear errors otherwise."""
-    trt = require("tensorrt", "tensorrt", purpose)
-    if not torch.cuda.is_available():
-        raise GPUUnavailableError(
-            f"{purpose} needs an NVIDIA GPU with CUDA, but PyTorch sees none here "
-            "(torch.cuda.is_available() is False). Build and run engines on the machine (and GPU "
-            "model) that will use them; without a GPU, use export_onnx and OnnxPredictor."
-        )
-    return trt
 
 
 @dataclass(frozen=True)
@@ -87,7 +70,7 @@ class _EngineOptions:
 
 
 def export_tensorrt(
-    model: PanopticSegmentationModel,
+    model: ExportableModel,
     out: str | os.PathLike[str],
     precision: Precision = "fp32",
     workspace_gb: float = 4.0,
@@ -179,13 +162,11 @@ def _build_engine(
 
 
 def _verify_engine(
-    model: PanopticSegmentationModel,
+    model: ExportableModel,
     engine: bytes,
     metadata: ExportMetadata,
     options: _EngineOptions,
 ) -> None:
-    from panoptic_train.export.tensorrt_predictor import TensorRTEngine
-
     runner = TensorRTEngine(engine, device=torch.device("cuda"))
     count = options.opt_batch_size
     images = example_images(count, metadata.image_size, metadata.mean, metadata.std)

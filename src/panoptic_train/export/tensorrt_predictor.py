@@ -17,12 +17,27 @@ import torch
 from torch import Tensor
 
 from panoptic_train.data.transforms import resize_and_pad
-from panoptic_train.errors import ConfigError, WeightsError
+from panoptic_train.errors import ConfigError, PanopticTrainError, WeightsError, require
 from panoptic_train.export.metadata import INPUT_NAME, LOGIT_OUTPUTS, read_sidecar
 from panoptic_train.export.predictor import ExportedModelPredictor, to_category_ids
-from panoptic_train.export.tensorrt import require_tensorrt
 from panoptic_train.runtime.inputs import to_image_tensor
 from panoptic_train.runtime.postprocess import PostprocessConfig, panoptic_postprocess
+
+
+class GPUUnavailableError(PanopticTrainError, RuntimeError):
+    """TensorRT was asked for on a machine where PyTorch sees no CUDA GPU."""
+
+
+def require_tensorrt(purpose: str) -> Any:
+    """The tensorrt module, on a machine with a CUDA GPU; clear errors otherwise."""
+    trt = require("tensorrt", "tensorrt", purpose)
+    if not torch.cuda.is_available():
+        raise GPUUnavailableError(
+            f"{purpose} needs an NVIDIA GPU with CUDA, but PyTorch sees none here "
+            "(torch.cuda.is_available() is False). Build and run engines on the machine (and GPU "
+            "model) that will use them; without a GPU, use export_onnx and OnnxPredictor."
+        )
+    return trt
 
 
 class TensorRTEngine:

@@ -22,6 +22,8 @@ from panoptic_train.data.coco import ClassMapping
 from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS
 from panoptic_train.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_and_pad
 from panoptic_train.errors import ConfigError, WeightsError
+from panoptic_train.export.onnx import export_onnx
+from panoptic_train.export.tensorrt import export_tensorrt
 from panoptic_train.models.eomt import EoMT
 from panoptic_train.runtime.inputs import ImageInput, is_single_image, to_image_tensor
 from panoptic_train.runtime.model_file import ExportedModel, read_model_dict
@@ -182,61 +184,10 @@ class PanopticSegmentationModel:
         """Write an exported-model file that `load_model` reads back."""
         self.to_exported().save(path)
 
-    def export_onnx(
-        self,
-        out: str | os.PathLike[str],
-        precision: Literal["fp32", "fp16"] = "fp32",
-        batch_size: int = 1,
-        height: int | None = None,
-        width: int | None = None,
-        simplify: bool = True,
-        verify: bool = True,
-        opset: int | None = None,
-        postprocess: bool = False,
-    ) -> Path:
-        """Export to ONNX; the options are `panoptic_train.export.onnx.export_onnx`'s."""
-        from panoptic_train.export.onnx import export_onnx
-
-        return export_onnx(
-            self,
-            out,
-            precision=precision,
-            batch_size=batch_size,
-            height=height,
-            width=width,
-            simplify=simplify,
-            verify=verify,
-            opset=opset,
-            postprocess=postprocess,
-        )
-
-    def export_tensorrt(
-        self,
-        out: str | os.PathLike[str],
-        precision: Literal["fp32", "fp16"] = "fp32",
-        workspace_gb: float = 4.0,
-        min_batch_size: int = 1,
-        opt_batch_size: int = 1,
-        max_batch_size: int = 8,
-        height: int | None = None,
-        width: int | None = None,
-        verify: bool = True,
-    ) -> Path:
-        """Build a TensorRT engine; the options are `export.tensorrt.export_tensorrt`'s."""
-        from panoptic_train.export.tensorrt import export_tensorrt
-
-        return export_tensorrt(
-            self,
-            out,
-            precision=precision,
-            workspace_gb=workspace_gb,
-            min_batch_size=min_batch_size,
-            opt_batch_size=opt_batch_size,
-            max_batch_size=max_batch_size,
-            height=height,
-            width=width,
-            verify=verify,
-        )
+    # The exporters take the model as their first argument, so they are its methods as they
+    # are: one signature and one docstring, which help() and IDEs show for both spellings.
+    export_onnx = export_onnx
+    export_tensorrt = export_tensorrt
 
     def __repr__(self) -> str:
         return (

@@ -1,0 +1,31 @@
+"""What the exporters read from a model: `inference.model.PanopticSegmentationModel` has it.
+
+A protocol instead of that class keeps `export` below `inference`: the model's `export_onnx` and
+`export_tensorrt` methods are this package's functions, bound to it, so inference imports export
+and never the other way round.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from panoptic_train.data.coco import ClassMapping
+from panoptic_train.models.eomt import EoMT
+from panoptic_train.runtime.model_file import ExportedModel
+from panoptic_train.runtime.postprocess import PostprocessConfig
+
+
+class ExportableModel(Protocol):
+    """A network in eval mode with what a runner needs beside it (stored in the export)."""
+
+    network: EoMT
+    model_name: str
+    class_mapping: ClassMapping
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: tuple[int, ...]
+    postprocess: PostprocessConfig
+
+    def to_exported(self) -> ExportedModel:
+        """A CPU snapshot of the network and its metadata (rebuilt for tracing)."""
+        ...
