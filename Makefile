@@ -6,8 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast lint typecheck format bench clean
 
-# __init__.py holds the version, which the install records in the package metadata.
-$(STAMP): pyproject.toml src/panoptic_train/__init__.py
+# _version.py holds the version, which the install records in the package metadata.
+$(STAMP): pyproject.toml src/panoptic_train/_version.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $(STAMP)

@@ -16,7 +16,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from panoptic_train import __version__
+from panoptic_train._version import __version__
 from panoptic_train.errors import OutputError, PanopticTrainError
 
 EXIT_OK = 0

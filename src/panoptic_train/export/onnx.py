@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from panoptic_train import __version__
 from panoptic_train._io import atomic_write, ensure_output_file
+from panoptic_train._version import __version__
 from panoptic_train.errors import ConfigError, PanopticTrainError, require
 from panoptic_train.export._verify import VerificationReport, compare_logits, example_images
 from panoptic_train.export.exportable import ExportableModel

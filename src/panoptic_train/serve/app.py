@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from panoptic_train import __version__
+from panoptic_train._version import __version__
 from panoptic_train.errors import ConfigError
 from panoptic_train.inference.predict_files import encode_png, panoptic_record
 from panoptic_train.inference.visualize import instance_color, visualize
