@@ -18,7 +18,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Everything but the tests marked slow (end-to-end training runs, several processes).
+# The suite without the tests marked slow (pyproject.toml lists what earns the mark).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 

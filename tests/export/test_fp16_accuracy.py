@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from panoptic_train.data.coco import read_panoptic_index
@@ -28,6 +29,7 @@ def _accumulator() -> PanopticQualityAccumulator:
     return PanopticQualityAccumulator(CLASSES.num_classes, CLASSES.is_thing)
 
 
+@pytest.mark.slow
 def test_fp16_panoptic_quality_is_within_half_a_point_of_fp32(
     onnx_fp32: Path, onnx_fp16: Path, val_data: list[dict[str, str]]
 ) -> None:

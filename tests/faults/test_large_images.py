@@ -73,6 +73,7 @@ def _peak_rss_of_predict(model_file: Path, image: Path, out: Path) -> int:
     return int(run.stdout.split()[-1]) * 1024  # kB
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
 def test_memory_grows_by_a_few_bytes_per_pixel(model_file: Path, tmp_path: Path) -> None:
     small = _gradient(tmp_path / "small.png", 64, 64)

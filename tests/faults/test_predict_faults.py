@@ -142,6 +142,7 @@ def test_a_used_out_is_refused_overwritten_or_resumed(
     assert "used other settings (postprocess differ" in _error_line(capsys)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_without_a_partial_file(model_file: Path, tmp_path: Path) -> None:
     split = write_dataset(tmp_path / "many", 60, image_size=(24, 32), seed=5)
     out = tmp_path / "out"

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 from PIL import Image
 
 from panoptic_train.serve.launch import ServerProcess
@@ -27,6 +28,7 @@ def _png(side: int) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_a_burst_gets_503_with_retry_after_and_504_then_service_resumes(
     onnx_server: ServerProcess, images: list[Path]
 ) -> None:

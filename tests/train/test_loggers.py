@@ -17,6 +17,8 @@ from panoptic_train.train.loggers import check_dependencies
 from .conftest import fast_run
 
 
+# mlflow and wandb take seconds to import and start their offline runs.
+@pytest.mark.slow
 def test_mlflow_and_wandb_receive_the_run(
     synthetic_data: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

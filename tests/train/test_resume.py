@@ -76,6 +76,7 @@ def runs(synthetic_data: dict[str, Any], tmp_path_factory: pytest.TempPathFactor
     }
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(runs: dict) -> None:
     # The kill really interrupted training (otherwise this test would prove nothing).
     assert 4 <= runs["killed_at"] < STEPS
@@ -97,6 +98,7 @@ def test_resumed_run_equals_uninterrupted_run(runs: dict) -> None:
             )
 
 
+@pytest.mark.slow
 def test_changed_training_argument_on_resume_is_refused(runs: dict) -> None:
     arguments = {**runs["reference"], "resume_interrupted": True}
     arguments["model_args"] = {**arguments["model_args"], "lr": 1e-3}
@@ -111,6 +113,7 @@ def test_resume_needs_a_checkpoint(synthetic_data: dict[str, Any], tmp_path: Pat
         )
 
 
+@pytest.mark.slow
 def test_non_empty_out_is_refused_without_overwrite(runs: dict) -> None:
     with pytest.raises(ConfigError, match="is not empty"):
         train_panoptic_segmentation(**runs["reference"])

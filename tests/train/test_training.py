@@ -21,6 +21,9 @@ from panoptic_train.train.validate import evaluate_network
 
 from .conftest import fast_run
 
+# Every test here trains (the shared run: about a minute and a half on two cores).
+pytestmark = pytest.mark.slow
+
 STEPS = 120
 IMAGE_SIZE = (128, 128)
 # Honest thresholds from repeated runs of this exact configuration (PQ about 0.45-0.5 after 120
@@ -64,7 +67,6 @@ def _untrained_pq(data: dict[str, Any]) -> float:
     return results["All"]["pq"]
 
 
-@pytest.mark.slow
 def test_the_model_learns(trained: Path, synthetic_data: dict[str, Any]) -> None:
     checkpoint = torch.load(trained / "checkpoints/last.ckpt", weights_only=True)
     best_pq = checkpoint["best_metric"]
