@@ -13,7 +13,7 @@ from panoptic_train.errors import ConfigError, DataError
 
 
 def _layout(root: Path) -> dict[str, dict[str, str]]:
-    """Empty folders and JSON files in the spec's layout; paths relative to `root`."""
+    """Empty folders and JSON files in the documented layout; paths relative to `root`."""
     data = {}
     for split in ("train", "val"):
         (root / "images" / split).mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""Image and mask decoding: every format of the spec, colour modes, bit depths, EXIF."""
+"""Image and mask decoding: every supported format, colour modes, bit depths, EXIF."""
 
 from __future__ import annotations
 

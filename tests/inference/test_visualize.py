@@ -1,4 +1,4 @@
-"""`visualize` on a hand-built result; the spec's matplotlib snippet on real `predict` output."""
+"""`visualize` on a hand-built result; a draw_segmentation_masks snippet on `predict` output."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def test_the_spec_matplotlib_snippet_runs_on_predict_output(
     results = tiny_model.predict(str(path), threshold=0.0, overlap_threshold=0.0)
     assert results["segment_ids"].numel() > 0
 
-    # --- the spec's snippet (as ruff formats it), unchanged apart from the file name ---
+    # --- torchvision's draw_segmentation_masks + matplotlib, as users write it (README) ---
     import matplotlib.pyplot as plt
     from torchvision.io import read_image
     from torchvision.utils import draw_segmentation_masks

@@ -104,7 +104,7 @@ def test_tensorboard_receives_training_and_validation_scalars(trained: Path) -> 
     tags = set(events.Tags()["scalars"])
     assert {"train_loss", "lr", "lr_backbone", "images_per_second", "val_metric/pq"} <= tags
     assert {"val_metric/pq_things", "val_metric/sq_stuff", "train/loss_dice"} <= tags
-    # The gradient norm before clipping, as the reference logs it: well above the clip value.
+    # The gradient norm is logged before clipping: well above the clip value.
     grad_norms = [event.value for event in events.Scalars("train/grad_norm")]
     assert len(grad_norms) == STEPS // 10 and min(grad_norms) > 0.01
     assert [event.step for event in events.Scalars("val_metric/pq")] == [STEPS // 2, STEPS]

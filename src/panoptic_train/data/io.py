@@ -19,7 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from panoptic_train._types import MAX_SEGMENT_ID, PathLike
 from panoptic_train.errors import DataError
 
-# The image formats the spec lists; matched case-insensitively.
+# The image formats read as inputs (README, "Data"); matched case-insensitively.
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg",
     ".jpeg",

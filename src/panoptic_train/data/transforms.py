@@ -1,4 +1,4 @@
-"""Image transforms: the spec's `transform_args`, the train augmentation and THE preprocessing.
+"""Image transforms: the `transform_args` of training, the train augmentation and THE preprocessing.
 
 `resize_and_pad` is the only preprocessing for validation, `predict`, the CLI and exported-model
 runners, so validation PQ measures exactly what users get. The train transform moves the image
