@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from panoptic_train.models.dinov3 import DINOV3_ARCHS, DinoV3Arch
+from panoptic_train.models.backbones import BACKBONES, Backbone, DinoV3Arch, WeightSource
 
 # Same structure as the real sizes (4 heads -> head dim 16, RoPE needs a multiple of 4).
 TINY_ARCHS = {
@@ -17,8 +17,20 @@ TINY_ARCHS = {
 @pytest.fixture
 def tiny_archs(monkeypatch: pytest.MonkeyPatch) -> dict[str, DinoV3Arch]:
     for name, arch in TINY_ARCHS.items():
-        monkeypatch.setitem(DINOV3_ARCHS, name, arch)
+        register_backbone(monkeypatch, name, arch)
     return TINY_ARCHS
+
+
+def register_backbone(
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    arch: DinoV3Arch,
+    weights: WeightSource | None = None,
+) -> Backbone:
+    """A backbone record for the test's duration; by default its pretrained file is undeclared."""
+    backbone = Backbone(name, arch, 2, 1_000, weights or WeightSource(filename=f"{name}.pth"))
+    monkeypatch.setitem(BACKBONES, name, backbone)
+    return backbone
 
 
 def perturb_(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> None:

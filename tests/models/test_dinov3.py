@@ -145,11 +145,9 @@ def test_meta_rope_periods_are_taken_from_the_file(tmp_path: Path, tiny_archs, p
     assert torch.equal(model.backbone.rope_embed.periods, stored.float())
 
 
-def test_timm_weights_give_identical_features(
-    tmp_path: Path, perturb, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_timm_weights_give_identical_features(perturb) -> None:
     timm = pytest.importorskip("timm")
-    from panoptic_train.models.dinov3 import DINOV3_ARCHS, DinoV3Arch
+    from panoptic_train.models.backbones import DinoV3Arch
 
     for name in ("vit_small_patch16_dinov3", "vit_small_plus_patch16_dinov3"):
         peer = timm.create_model(name, num_classes=0, embed_dim=64, num_heads=4, depth=2).eval()
@@ -158,8 +156,7 @@ def test_timm_weights_give_identical_features(
         swiglu = "blocks.0.mlp.fc1_g.weight" in state
         hidden = state["blocks.0.mlp.fc1_g.weight" if swiglu else "blocks.0.mlp.fc1.weight"]
         arch = DinoV3Arch(64, 2, 4, hidden.shape[0], swiglu=swiglu)
-        monkeypatch.setitem(DINOV3_ARCHS, "test-timm", arch)
-        backbone = DinoV3ViT("test-timm").eval()
+        backbone = DinoV3ViT(arch).eval()
         assert weights.load_backbone_state(backbone, state, name) == "timm"
         x = images()
         with torch.no_grad():
@@ -167,7 +164,7 @@ def test_timm_weights_give_identical_features(
 
 
 def test_rope_angles_follow_patch_centre_formula(tiny_archs) -> None:
-    backbone = DinoV3ViT("test-mlp").eval()
+    backbone = DinoV3ViT(tiny_archs["test-mlp"]).eval()
     sin, cos = backbone.rope(2, 3)
     periods = reference_periods(16)
     # patch (row 1, col 2) of a 2 x 3 grid: centre y = +0.5, x = 2/3
@@ -179,7 +176,7 @@ def test_rope_angles_follow_patch_centre_formula(tiny_archs) -> None:
 
 
 def test_rope_coordinates_are_rescaled_only_while_training(tiny_archs) -> None:
-    backbone = DinoV3ViT("test-mlp")
+    backbone = DinoV3ViT(tiny_archs["test-mlp"])
 
     def slowest_angle(sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
         # first patch, slowest frequency: the angle stays well below pi, so atan2 recovers it
@@ -194,7 +191,7 @@ def test_rope_coordinates_are_rescaled_only_while_training(tiny_archs) -> None:
 
 
 def test_any_multiple_of_16_works_and_other_sizes_are_rejected(tiny_archs) -> None:
-    backbone = DinoV3ViT("test-mlp").eval()
+    backbone = DinoV3ViT(tiny_archs["test-mlp"]).eval()
     with torch.no_grad():
         assert backbone(torch.randn(1, 3, 32, 112)).shape == (1, 5 + 2 * 7, 64)
     with pytest.raises(ConfigError, match="multiple of the patch size"):

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from panoptic_train.models import registry, weights
+    from panoptic_train.models import hub, registry
 
     names = registry.list_models()
     if args.names_only:
@@ -23,17 +23,15 @@ def run(args: argparse.Namespace) -> int:
     rows = [("model", "backbone", "input", "L2", "default weights")]
     for name in names:
         info = registry.get_model_info(name)
-        source = (
-            weights.coco_source(info)
-            if info.coco_panoptic
-            else weights.BACKBONE_SOURCES[info.backbone]
-        )
-        if (weights.cache_dir() / source.filename).is_file():
-            where = f"cached: {weights.cache_dir() / source.filename}"
+        cached = hub.cache_dir() / info.weights.filename
+        if cached.is_file():
+            where = f"cached: {cached}"
         else:
-            where = source.url or "no public file (pass backbone_weights=<file>)"
+            where = info.weights.url or "no public file (pass backbone_weights=<file>)"
         height, width = info.image_size
-        rows.append((name, info.backbone, f"{height}x{width}", str(info.num_joint_blocks), where))
+        rows.append(
+            (name, info.backbone.name, f"{height}x{width}", str(info.num_joint_blocks), where)
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         cells = [row[i].ljust(widths[i]) for i in range(4)]

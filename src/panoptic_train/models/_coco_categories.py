@@ -4,8 +4,6 @@ index order of the `-panoptic-coco` models. Data only; ids and names as in COCO'
 
 from __future__ import annotations
 
-from typing import Any
-
 COCO_THING_CATEGORIES: tuple[tuple[int, str], ...] = (
     (1, "person"), (2, "bicycle"), (3, "car"), (4, "motorcycle"), (5, "airplane"), (6, "bus"),
     (7, "train"), (8, "truck"), (9, "boat"), (10, "traffic light"), (11, "fire hydrant"),
@@ -42,8 +40,8 @@ COCO_STUFF_CATEGORIES: tuple[tuple[int, str], ...] = (
 )  # fmt: skip
 
 
-def coco_panoptic_classes() -> list[dict[str, Any]]:
-    """The class list in the serialised `ClassMapping` layout: {"id", "name", "isthing"}."""
-    things = [{"id": i, "name": n, "isthing": True} for i, n in COCO_THING_CATEGORIES]
-    stuff = [{"id": i, "name": n, "isthing": False} for i, n in COCO_STUFF_CATEGORIES]
-    return things + stuff
+# (id, name, isthing) in class index order: things first, then stuff.
+COCO_PANOPTIC_CLASSES: tuple[tuple[int, str, bool], ...] = (
+    *((i, n, True) for i, n in COCO_THING_CATEGORIES),
+    *((i, n, False) for i, n in COCO_STUFF_CATEGORIES),
+)

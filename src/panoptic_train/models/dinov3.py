@@ -2,7 +2,7 @@
 
 The module names follow Meta's `.pth` checkpoints (`cls_token`, `storage_tokens`,
 `patch_embed.proj`, `blocks.N.attn.qkv`, `ls1.gamma`, `mlp.fc1` / `mlp.w1`, `norm`), so
-Meta's files load without renaming and other layouts convert onto this one (`weights.py`).
+Meta's files load without renaming and other layouts convert onto this one (`convert.py`).
 
 The pieces are exposed individually (`prepare_tokens`, `rope`, `blocks`, `norm`) because EoMT runs
 the blocks one by one with extra query tokens and an attention mask.
@@ -11,63 +11,19 @@ the blocks one by one with extra query tokens and an attention mask.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from panoptic_train.errors import ConfigError
+from panoptic_train.models.backbones import DinoV3Arch
 
 PATCH_SIZE = 16
 NUM_REGISTERS = 4
 ROPE_BASE = 100.0
 LAYER_NORM_EPS = 1e-5
 LAYER_SCALE_INIT = 1e-5
-
-
-@dataclass(frozen=True)
-class DinoV3Arch:
-    """Hyperparameters of one DINOv3 size.
-
-    `ffn_hidden` is the effective hidden width: for SwiGLU it is the width of `w1`/`w2`, which Meta
-    derives as 2/3 of `ffn_ratio * dim` rounded up to a multiple of 8 (64 for ViT-7B).
-    """
-
-    embed_dim: int
-    depth: int
-    num_heads: int
-    ffn_hidden: int
-    swiglu: bool
-    qkv_bias: bool = True
-
-    @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
-
-
-DINOV3_ARCHS: dict[str, DinoV3Arch] = {
-    # The tiny sizes are not Meta's; they follow the reference system's own backbones.
-    "vitt16": DinoV3Arch(192, 12, 3, 768, swiglu=False),
-    "vitt16plus": DinoV3Arch(192, 12, 3, 1152, swiglu=False),
-    "vits16": DinoV3Arch(384, 12, 6, 1536, swiglu=False),
-    "vits16plus": DinoV3Arch(384, 12, 6, 1536, swiglu=True),
-    "vitb16": DinoV3Arch(768, 12, 12, 3072, swiglu=False),
-    "vitl16": DinoV3Arch(1024, 24, 16, 4096, swiglu=False),
-    "vitl16plus": DinoV3Arch(1024, 24, 16, 4096, swiglu=True),
-    "vith16plus": DinoV3Arch(1280, 32, 20, 5120, swiglu=True),
-    "vit7b16": DinoV3Arch(4096, 40, 32, 8192, swiglu=True, qkv_bias=False),
-}
-
-
-def get_arch(name: str) -> DinoV3Arch:
-    """Look up a DINOv3 size by name, with an error that lists the valid ones."""
-    try:
-        return DINOV3_ARCHS[name]
-    except KeyError:
-        raise ConfigError(
-            f"Unknown DINOv3 backbone {name!r}. Valid backbones: {', '.join(DINOV3_ARCHS)}."
-        ) from None
 
 
 class PatchEmbed(nn.Module):
@@ -236,14 +192,13 @@ class DinoV3ViT(nn.Module):
     """DINOv3 ViT backbone: tokens [CLS, 4 registers, patches] through `depth` blocks and a norm.
 
     Args:
-        arch: a name from `DINOV3_ARCHS`.
+        arch: the size (`backbones.BACKBONES[name].arch`).
         rope_rescale: training-time RoPE coordinate rescale range (None disables it).
     """
 
-    def __init__(self, arch: str, rope_rescale: float | None = 2.0) -> None:
+    def __init__(self, arch: DinoV3Arch, rope_rescale: float | None = 2.0) -> None:
         super().__init__()
-        self.arch_name = arch
-        self.arch = get_arch(arch)
+        self.arch = arch
         dim = self.arch.embed_dim
         self.embed_dim = dim
         self.num_prefix_tokens = 1 + NUM_REGISTERS

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from panoptic_train.errors import ConfigError
-from panoptic_train.models.dinov3 import PATCH_SIZE, DinoV3ViT, get_arch
+from panoptic_train.models.backbones import get_backbone
+from panoptic_train.models.dinov3 import PATCH_SIZE, DinoV3ViT
 
 MASK_STRIDE = 4  # mask logits come out at 1/4 of the input resolution
 # "auto" activation checkpointing turns on when the activations it saves would take more than
@@ -37,7 +38,7 @@ class EoMTConfig:
     """Everything needed to rebuild an EoMT architecture (stored in exported model files).
 
     Attributes:
-        backbone: DINOv3 size, a key of `dinov3.DINOV3_ARCHS` (e.g. "vits16").
+        backbone: DINOv3 size, a key of `backbones.BACKBONES` (e.g. "vits16").
         num_classes: number of classes C; the class head predicts C + 1 logits (last = no object).
         num_queries: number of learned queries (segments one image can hold).
         num_joint_blocks: L2, the number of final backbone blocks that also process the queries.
@@ -51,7 +52,7 @@ class EoMTConfig:
     image_size: tuple[int, int] = (640, 640)
 
     def __post_init__(self) -> None:
-        depth = get_arch(self.backbone).depth
+        depth = get_backbone(self.backbone).arch.depth
         for name in ("num_classes", "num_queries", "num_joint_blocks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -151,7 +152,7 @@ class EoMT(nn.Module):
     def __init__(self, config: EoMTConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone = DinoV3ViT(config.backbone)
+        self.backbone = DinoV3ViT(get_backbone(config.backbone).arch)
         dim = self.backbone.embed_dim
         self.queries = nn.Embedding(config.num_queries, dim)
         self.class_head = nn.Linear(dim, config.num_classes + 1)
@@ -222,7 +223,7 @@ class EoMT(nn.Module):
         if self.activation_checkpointing != "auto":
             return bool(self.activation_checkpointing)
         if self._checkpoint_decision is None:
-            needed = checkpointed_bytes(self, images.shape[0], tuple(images.shape[-2:]))
+            needed = checkpointed_bytes(self, images.shape[0], (images.shape[-2], images.shape[-1]))
             available = _available_memory(images.device)
             self._checkpoint_decision = (
                 available is not None and needed > CHECKPOINT_MEMORY_SHARE * available

@@ -1,52 +1,24 @@
-"""Model names -> EoMT architectures, default image sizes and weight sources.
+"""Model names: one record per name, and `create_model` on top.
 
-`create_model` is the one entry point that turns a name from the spec's model list into a network;
-`build_eomt` rebuilds an architecture from a stored `EoMTConfig` (exported model files) with random
-weights, which the caller then overwrites with its state dict.
+A `ModelInfo` holds everything a name stands for: its DINOv3 size (`backbones.Backbone`, with the
+architecture and the pretrained backbone file), the default input size and L2, the classes it
+was fine-tuned on, and the weights `backbone_weights="default"` loads. `create_model` turns a
+name into a network; `build_eomt` rebuilds an architecture from a stored `EoMTConfig` (exported
+model files) with random weights, which the caller then overwrites with its state dict.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from panoptic_train.errors import ConfigError
-
-if TYPE_CHECKING:
-    from panoptic_train.models.eomt import EoMT, EoMTConfig
-
-# Joint blocks (L2) per backbone, as in the EoMT paper: 3 for T/S/B, 4 for L, 5 for H and 7B.
-_JOINT_BLOCKS: dict[str, int] = {
-    "vitt16": 3,
-    "vitt16plus": 3,
-    "vits16": 3,
-    "vits16plus": 3,
-    "vitb16": 3,
-    "vitl16": 4,
-    "vitl16plus": 4,
-    "vith16plus": 5,
-    "vit7b16": 5,
-}
-
-# Training steps of the published COCO protocol at batch 16 (7 393 steps an epoch): 48 epochs for
-# the tiny backbones, 24 for S, S+ and B, 12 for L and larger.
-_COCO_STEPS: dict[str, int] = {
-    "vitt16": 360_000,
-    "vitt16plus": 360_000,
-    "vits16": 180_000,
-    "vits16plus": 180_000,
-    "vitb16": 180_000,
-}
-_COCO_STEPS_LARGE = 90_000
-
-# Backbones with a COCO panoptic fine-tuned model in the spec's list.
-_COCO_BACKBONES = ("vitt16", "vitt16plus", "vits16", "vitb16", "vitl16")
-
-# Spellings accepted for convenience; the spec's benchmark table writes this one.
-_ALIASES: dict[str, str] = {
-    "dinov3/vittplus16-eomt-panoptic-coco": "dinov3/vitt16plus-eomt-panoptic-coco",
-}
+from panoptic_train.models import weights
+from panoptic_train.models._coco_categories import COCO_PANOPTIC_CLASSES
+from panoptic_train.models.backbones import BACKBONES, Backbone, WeightSource
+from panoptic_train.models.eomt import EoMT, EoMTConfig
 
 MODEL_ARGS = ("num_queries", "num_joint_blocks", "image_size")
 
@@ -57,39 +29,81 @@ class ModelInfo:
 
     Attributes:
         name: the public name, e.g. "dinov3/vits16-eomt-panoptic-coco".
-        backbone: DINOv3 size (key of `dinov3.DINOV3_ARCHS`).
+        backbone: the DINOv3 size.
         image_size: default (height, width).
         num_joint_blocks: default L2.
-        coco_panoptic: fine-tuned on COCO panoptic; its default weights cover the whole network
-            and its classes are COCO's 133 panoptic categories.
+        classes: (id, name, isthing) of the classes the whole network was fine-tuned on, in
+            class index order; None when only the backbone is pretrained.
+        weights: what `backbone_weights="default"` loads: the backbone's pretrained file, or
+            the whole fine-tuned network.
     """
 
     name: str
-    backbone: str
+    backbone: Backbone
     image_size: tuple[int, int]
     num_joint_blocks: int
-    coco_panoptic: bool
+    classes: tuple[tuple[int, str, bool], ...] | None
+    weights: WeightSource
 
     @property
     def default_steps(self) -> int:
         """`steps="auto"`: the length of the published COCO protocol for this backbone size."""
-        return _COCO_STEPS.get(self.backbone, _COCO_STEPS_LARGE)
+        return self.backbone.coco_steps
 
 
-def _build_registry() -> dict[str, ModelInfo]:
-    models: dict[str, ModelInfo] = {}
-    for backbone in _COCO_BACKBONES:
-        name = f"dinov3/{backbone}-eomt-panoptic-coco"
-        models[name] = ModelInfo(name, backbone, (640, 640), _JOINT_BLOCKS[backbone], True)
-    name = "dinov3/vitl16-eomt-panoptic-coco-1280"
-    models[name] = ModelInfo(name, "vitl16", (1280, 1280), _JOINT_BLOCKS["vitl16"], True)
-    for backbone, joint_blocks in _JOINT_BLOCKS.items():
-        name = f"dinov3/{backbone}-eomt"
-        models[name] = ModelInfo(name, backbone, (640, 640), joint_blocks, False)
-    return models
+_EOMT_AUTHORS_L640 = "https://huggingface.co/tue-mps/coco_panoptic_eomt_large_640_dinov3"
 
 
-_MODELS = _build_registry()
+def _pretrained_backbone(backbone: Backbone) -> ModelInfo:
+    name = f"dinov3/{backbone.name}-eomt"
+    return ModelInfo(name, backbone, (640, 640), backbone.joint_blocks, None, backbone.weights)
+
+
+def _coco_panoptic(
+    backbone: str, image_size: tuple[int, int] = (640, 640), hint: str = ""
+) -> ModelInfo:
+    """A COCO panoptic fine-tuned network: the reference system's checkpoints, not published."""
+    suffix = "" if image_size == (640, 640) else f"-{image_size[0]}"
+    name = f"dinov3/{backbone}-eomt-panoptic-coco{suffix}"
+    source = WeightSource(
+        filename=name.replace("/", "--") + ".pt",
+        unavailable=(
+            f"The COCO panoptic fine-tuned weights of {name!r} are not published as a "
+            f"downloadable file.{hint} To fine-tune from the pretrained backbone instead, use "
+            f"model 'dinov3/{backbone}-eomt'."
+        ),
+    )
+    size = BACKBONES[backbone]
+    return ModelInfo(name, size, image_size, size.joint_blocks, COCO_PANOPTIC_CLASSES, source)
+
+
+_MODELS: dict[str, ModelInfo] = {
+    info.name: info
+    for info in (
+        _coco_panoptic("vitt16"),
+        _coco_panoptic("vitt16plus"),
+        _coco_panoptic("vits16"),
+        _coco_panoptic("vitb16"),
+        _coco_panoptic(
+            "vitl16",
+            hint=(
+                f" The EoMT authors publish ViT-L 640 COCO panoptic weights at "
+                f"{_EOMT_AUTHORS_L640} (transformers EomtDinov3 layout, stored as differences to "
+                "the DINOv3 ViT-L weights); download its weights file and pass it as "
+                "weights=<that file> to load_model (backbone_weights=<that file> to create_model "
+                "or in model_args): the differences are added to the default ViT-L backbone "
+                "automatically."
+            ),
+        ),
+        _coco_panoptic("vitl16", image_size=(1280, 1280)),
+        *(_pretrained_backbone(backbone) for backbone in BACKBONES.values()),
+    )
+}
+
+# Spellings accepted for convenience; the spec's benchmark table writes this one.
+_ALIASES: dict[str, str] = {
+    "dinov3/vittplus16-eomt-panoptic-coco": "dinov3/vitt16plus-eomt-panoptic-coco",
+}
 
 
 def list_models() -> list[str]:
@@ -103,12 +117,15 @@ def is_model_name(name: str) -> bool:
 
 
 def get_model_info(name: str) -> ModelInfo:
-    """Resolve a model name (or alias) with an error that lists the valid names."""
+    """Resolve a model name (or alias) with an error that suggests and lists the valid names."""
     info = _MODELS.get(_ALIASES.get(name, name))
     if info is None:
+        names = [*_MODELS, *_ALIASES]
+        close = difflib.get_close_matches(name, names, n=3) or [n for n in names if name in n][:3]
+        suggestion = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
         raise ConfigError(
-            f"Unknown model {name!r}. Valid models: {', '.join(_MODELS)}; or pass the path of "
-            "an exported model file (exported_*.pt)."
+            f"Unknown model {name!r}.{suggestion} Valid models: {', '.join(_MODELS)}; or pass "
+            "the path of an exported model file (exported_*.pt)."
         )
     return info
 
@@ -116,17 +133,14 @@ def get_model_info(name: str) -> ModelInfo:
 def model_classes(name: str) -> list[dict[str, Any]] | None:
     """The class list a model was fine-tuned with ({"id", "name", "isthing"} per class, in class
     index order), or None for models that only have a pretrained backbone."""
-    if not get_model_info(name).coco_panoptic:
+    classes = get_model_info(name).classes
+    if classes is None:
         return None
-    from panoptic_train.models._coco_categories import coco_panoptic_classes
-
-    return coco_panoptic_classes()
+    return [{"id": i, "name": n, "isthing": thing} for i, n, thing in classes]
 
 
 def model_config(name: str, num_classes: int, **model_args: Any) -> EoMTConfig:
     """The EoMT architecture for a model name, with `model_args` overriding the defaults."""
-    from panoptic_train.models.eomt import EoMTConfig
-
     info = get_model_info(name)
     unknown = sorted(set(model_args) - set(MODEL_ARGS))
     if unknown:
@@ -134,7 +148,7 @@ def model_config(name: str, num_classes: int, **model_args: Any) -> EoMTConfig:
             f"Unknown model_args {unknown} for model {name!r}; valid keys are {list(MODEL_ARGS)}."
         )
     config = EoMTConfig(
-        backbone=info.backbone,
+        backbone=info.backbone.name,
         num_classes=num_classes,
         num_joint_blocks=info.num_joint_blocks,
         image_size=info.image_size,
@@ -144,8 +158,6 @@ def model_config(name: str, num_classes: int, **model_args: Any) -> EoMTConfig:
 
 def build_eomt(config: EoMTConfig) -> EoMT:
     """A randomly initialised EoMT for `config` (used to rebuild exported models)."""
-    from panoptic_train.models.eomt import EoMT
-
     return EoMT(config)
 
 
@@ -168,14 +180,9 @@ def create_model(
             random initialisation.
         **model_args: `num_queries`, `num_joint_blocks`, `image_size` (height, width).
     """
-    config = model_config(name, num_classes, **model_args)
-    model = build_eomt(config)
-    if backbone_weights is not None:
-        from panoptic_train.models import weights
-
-        info = get_model_info(name)
-        if isinstance(backbone_weights, str) and backbone_weights == "default":
-            weights.load_default_weights(model, info)
-        else:
-            weights.load_weights(model, backbone_weights)
+    model = build_eomt(model_config(name, num_classes, **model_args))
+    if isinstance(backbone_weights, str) and backbone_weights == "default":
+        weights.load_source(model, get_model_info(name).weights)
+    elif backbone_weights is not None:
+        weights.load_weights(model, backbone_weights)
     return model
