@@ -65,7 +65,7 @@ def test_hf_weights_give_identical_features(
 
 
 def meta_layout(peer: torch.nn.Module, periods: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Re-key a transformers DINOv3 state dict into Meta's `.pth` layout (DESIGN.md)."""
+    """Re-key a transformers DINOv3 state dict into Meta's `.pth` layout (models/convert.py)."""
     state = peer.state_dict()
     dim = state["embeddings.cls_token"].shape[-1]
     out = {

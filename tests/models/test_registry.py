@@ -1,4 +1,4 @@
-"""Model names: every name of the spec resolves to one record (architecture, size, classes,
+"""Model names: every listed name resolves to one record (architecture, size, classes,
 default weights) that builds, and bad names are answered with the closest valid ones."""
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ _META_VITL16PLUS = WeightSource(
     ),
 )
 
-# The tiny sizes are not Meta's; they follow the reference system's own backbones.
+# The tiny sizes are not Meta's: ViT-T widths in DINOv3's layout, without published weights.
 # name, DinoV3Arch(dim, depth, heads, FFN hidden, SwiGLU, q/v biases), L2, COCO steps, weights
 _BACKBONES = (
     Backbone("vitt16", DinoV3Arch(192, 12, 3, 768, False), 3, 360_000, _tiny("vitt16")),

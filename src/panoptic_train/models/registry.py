@@ -62,7 +62,8 @@ def _pretrained_backbone(backbone: Backbone) -> ModelInfo:
 def _coco_panoptic(
     backbone: str, image_size: tuple[int, int] = (640, 640), hint: str = ""
 ) -> ModelInfo:
-    """A COCO panoptic fine-tuned network: the reference system's checkpoints, not published."""
+    """A COCO panoptic fine-tuned network whose weights are not published as a file (`hint`
+    says where to get some)."""
     suffix = "" if image_size == (640, 640) else f"-{image_size[0]}"
     name = f"dinov3/{backbone}-eomt-panoptic-coco{suffix}"
     source = WeightSource(
@@ -100,7 +101,7 @@ _MODELS: dict[str, ModelInfo] = {
     )
 }
 
-# Spellings accepted for convenience; the spec's benchmark table writes this one.
+# Spellings accepted for convenience: "plus" before the patch size as well as after it.
 _ALIASES: dict[str, str] = {
     "dinov3/vittplus16-eomt-panoptic-coco": "dinov3/vitt16plus-eomt-panoptic-coco",
 }

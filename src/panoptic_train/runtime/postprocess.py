@@ -397,7 +397,8 @@ def _merge_in_bands(
         is_segment = is_segment & keep
 
     # Segments group into one per thing query and one per stuff class, numbered in the order of
-    # the query founding each group (its first query), like the reference merge.
+    # the query founding each group (its first query), as transformers' EoMT post-processing
+    # numbers them (tests/runtime/test_postprocess.py compares the two).
     num_classes = is_thing.shape[0]
     stuff = ~is_thing[labels.clip(max=num_classes - 1)]  # no-object labels only where not kept
     same_query = query_ids[:, None] == query_ids[None, :]
