@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +22,7 @@ from panoptic_train.models import registry
 from panoptic_train.train import checkpoints as ckpt
 from panoptic_train.train.config import TrainConfig
 from panoptic_train.train.loggers import check_dependencies
+from panoptic_train.train.plan import ModelDefaults, apply_model_defaults
 
 _RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK")
 
@@ -154,12 +154,9 @@ def _validated(**arguments: Any) -> TrainConfig:
             "to fine-tune."
         )
     defaults = model_defaults(arguments["model"])
-    if arguments["steps"] == "auto":
-        arguments["steps"] = defaults.steps
-    transforms = load_transform_args(arguments["transform_args"])
-    if "image_size" not in transforms.model_fields_set:
-        transforms = transforms.model_copy(update={"image_size": defaults.image_size})
-    arguments["transform_args"] = transforms
+    arguments["steps"], arguments["transform_args"] = apply_model_defaults(
+        arguments["steps"], load_transform_args(arguments["transform_args"]), defaults
+    )
     if arguments["checkpoint"] is not None:
         checkpoint = Path(arguments["checkpoint"]).expanduser()
         if not checkpoint.is_file():
@@ -169,12 +166,6 @@ def _validated(**arguments: Any) -> TrainConfig:
             )
         arguments["checkpoint"] = checkpoint.resolve()
     return parse_config(TrainConfig, arguments, "")
-
-
-@dataclass(frozen=True)
-class ModelDefaults:
-    steps: int
-    image_size: tuple[int, int]
 
 
 def model_defaults(model: str) -> ModelDefaults:

@@ -27,7 +27,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +41,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from panoptic_train._io import atomic_torch_save, remove_stale_temp_files
 from panoptic_train._validate import check_format_version
-from panoptic_train.errors import ConfigError, WeightsError
+from panoptic_train.errors import WeightsError
 from panoptic_train.runtime.model_file import CHECKPOINT_MODEL_KEY, verify_checksums
 
 FORMAT = "panoptic_train.train_checkpoint"
@@ -103,38 +103,54 @@ class RunPaths:
 
 
 @dataclass
-class TrainState:
-    """Progress of a run besides the weights and the optimiser."""
+class Progress:
+    """How far a run is, besides the weights and the optimiser: the counters `last.ckpt` keeps."""
 
     step: int = 0
     samples_seen: int = 0
     best_metric: float | None = None
     best_step: int | None = None
 
+    @classmethod
+    def of(cls, checkpoint: Mapping[str, Any]) -> Progress:
+        """The progress saved in a loaded `last.ckpt`."""
+        return cls(
+            step=int(checkpoint["step"]),
+            samples_seen=int(checkpoint["samples_seen"]),
+            best_metric=checkpoint["best_metric"],
+            best_step=checkpoint["best_step"],
+        )
+
+    def advance(self, batch_size: int) -> None:
+        """Count one optimiser step over `batch_size` training positions."""
+        self.step += 1
+        self.samples_seen += batch_size
+
     def improves(self, value: float) -> bool:
         """Whether a validation value beats the best so far (higher is better)."""
         return math.isfinite(value) and (self.best_metric is None or value > self.best_metric)
 
 
-def network_state(root: nn.Module) -> dict[str, Tensor]:
-    """The full (unsharded) state dict on the CPU of a module as the strategy wrapped it."""
-    return get_model_state_dict(root, options=_FULL)
+def network_state(network: nn.Module) -> dict[str, Tensor]:
+    """The full (unsharded) state dict of the network on the CPU, also when FSDP shards it."""
+    return cast(dict[str, Tensor], get_model_state_dict(network, options=_FULL))
 
 
-def optimizer_state(root: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def optimizer_state(network: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The full optimiser state keyed by parameter name (independent of wrapping and sharding)."""
-    return get_optimizer_state_dict(root, optimizer, options=_FULL)
+    return get_optimizer_state_dict(network, optimizer, options=_FULL)
 
 
 def load_training_state(
-    root: nn.Module,
+    network: nn.Module,
     optimizer: torch.optim.Optimizer,
-    network: Mapping[str, Tensor],
+    network_dict: Mapping[str, Tensor],
     optimizer_dict: Mapping[str, Any],
 ) -> None:
-    """Put saved network and optimiser states back into the wrapped module and its optimiser."""
-    set_model_state_dict(root, dict(network), options=_LOAD_FULL)
-    set_optimizer_state_dict(root, optimizer, dict(optimizer_dict), options=_LOAD_FULL)
+    """Put saved network and optimiser states back into the network (sharded or not) and its
+    optimiser."""
+    set_model_state_dict(network, dict(network_dict), options=_LOAD_FULL)
+    set_optimizer_state_dict(network, optimizer, dict(optimizer_dict), options=_LOAD_FULL)
 
 
 def save_checkpoint(
@@ -142,7 +158,7 @@ def save_checkpoint(
     *,
     model: Mapping[str, Any],
     optimizer: Mapping[str, Any],
-    state: TrainState,
+    progress: Progress,
     arguments: Mapping[str, Any],
 ) -> None:
     """Write `last.ckpt` atomically (see the module docstring for its layout)."""
@@ -152,10 +168,10 @@ def save_checkpoint(
             "checkpoint_version": FORMAT_VERSION,
             CHECKPOINT_MODEL_KEY: dict(model),
             "optimizer": dict(optimizer),
-            "step": state.step,
-            "samples_seen": state.samples_seen,
-            "best_metric": state.best_metric,
-            "best_step": state.best_step,
+            "step": progress.step,
+            "samples_seen": progress.samples_seen,
+            "best_metric": progress.best_metric,
+            "best_step": progress.best_step,
             "arguments": dict(arguments),
         },
         path,
@@ -178,40 +194,3 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         content.get("checkpoint_version"), FORMAT_VERSION, f"'{path}'", "checkpoint_version"
     )
     return dict(content)
-
-
-def train_state_of(checkpoint: Mapping[str, Any]) -> TrainState:
-    return TrainState(
-        step=int(checkpoint["step"]),
-        samples_seen=int(checkpoint["samples_seen"]),
-        best_metric=checkpoint["best_metric"],
-        best_step=checkpoint["best_step"],
-    )
-
-
-def argument_differences(saved: Any, current: Any, name: str = "") -> list[str]:
-    """Human-readable differences between two nested argument dicts, e.g.
-    "model_args.lr: 0.0002 (interrupted run) -> 0.001 (now)"."""
-    if isinstance(saved, Mapping) and isinstance(current, Mapping):
-        differences = []
-        for key in sorted(set(saved) | set(current), key=str):
-            child = f"{name}.{key}" if name else str(key)
-            differences += argument_differences(saved.get(key), current.get(key), child)
-        return differences
-    if saved != current:
-        return [f"{name}: {saved!r} (interrupted run) -> {current!r} (now)"]
-    return []
-
-
-def check_resume_arguments(saved: Mapping[str, Any], current: Mapping[str, Any], out: Path) -> None:
-    """Refuse to resume with training arguments other than the interrupted run's."""
-    differences = argument_differences(saved, current)
-    if differences:
-        raise ConfigError(
-            f"resume_interrupted=True continues the run in '{out}' exactly, but these training "
-            "arguments differ from that run:\n  "
-            + "\n  ".join(differences)
-            + "\nResume with the original arguments, or start a new run (another `out`, or "
-            "overwrite=True) that may start from its weights with "
-            f"model='{out / 'checkpoints' / 'last.ckpt'}'."
-        )

@@ -1,13 +1,15 @@
-"""What a person watching a run sees: a progress bar (step, loss, lr, images/s, ETA) and
-messages that print above it and also go to `out/train.log`. Only rank 0 shows anything."""
+"""What a person watching a run sees: a progress bar (step, loss, lr, images/s, ETA),
+messages that print above it and also go to `out/train.log` (only rank 0 shows anything), and
+the training values averaged between two log points."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -79,3 +81,46 @@ class ProgressBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+@dataclass(frozen=True)
+class WindowMeans:
+    """The means of the training values over the steps of one logging window."""
+
+    loss: float
+    terms: dict[str, float]
+    images_per_second: float
+
+
+@dataclass
+class _Sums:
+    steps: int = 0
+    seconds: float = 0.0
+    loss: float = 0.0
+    terms: dict[str, float] = field(default_factory=dict)
+
+
+class MeanWindow:
+    """Sums of the per-step training values since the last log point; `take` returns their
+    means and opens the next window."""
+
+    def __init__(self) -> None:
+        self._sums = _Sums()
+
+    def add(self, loss: float, terms: Mapping[str, float], seconds: float) -> None:
+        """Count one optimiser step: its loss, loss terms and the time it took."""
+        sums = self._sums
+        sums.steps += 1
+        sums.seconds += seconds
+        sums.loss += loss
+        for name, value in terms.items():
+            sums.terms[name] = sums.terms.get(name, 0.0) + value
+
+    def take(self, images_per_step: int) -> WindowMeans:
+        """The means since the last `take` (at least one step must have been added)."""
+        sums, self._sums = self._sums, _Sums()
+        return WindowMeans(
+            loss=sums.loss / sums.steps,
+            terms={name: value / sums.steps for name, value in sums.terms.items()},
+            images_per_second=sums.steps * images_per_step / max(sums.seconds, 1e-9),
+        )
