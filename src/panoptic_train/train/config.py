@@ -173,7 +173,7 @@ class TorchCompileArgs(StrictConfig):
 
 class TrainConfig(StrictConfig):
     """All arguments of `train_panoptic_segmentation`, validated. Values that depend on the
-    hardware ("auto" workers, accumulation, devices) are resolved by the loop (`loop.RunPlan`)."""
+    hardware ("auto" workers, accumulation, devices) are resolved by `plan.plan_run`."""
 
     out: Path
     data: DataArgs
