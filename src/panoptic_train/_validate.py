@@ -208,7 +208,7 @@ def normalization(mean: Sequence[Any], std: Sequence[Any]) -> tuple[Triple, Trip
             f"normalize.std is {list(checked[1])}; every channel needs a positive value (the "
             "ImageNet default is [0.229, 0.224, 0.225])."
         )
-    return checked[0], checked[1]  # type: ignore[return-value]
+    return checked[0], checked[1]
 
 
 def check_format_version(found: Any, expected: int, source: str, key: str) -> None:

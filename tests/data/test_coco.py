@@ -16,7 +16,15 @@ import pytest
 from PIL import Image
 
 from panoptic_train.data.check import check_dataset
-from panoptic_train.data.coco import Category, ClassMapping, read_panoptic_index
+from panoptic_train.data.coco import (
+    Category,
+    ClassMapping,
+    PanopticAnnotation,
+    Problems,
+    Segment,
+    read_panoptic_index,
+    read_panoptic_json,
+)
 from panoptic_train.data.synthetic import CATEGORIES
 from panoptic_train.errors import ConfigError, DataError
 
@@ -265,3 +273,136 @@ def test_check_with_worker_processes_matches_serial(broken: BrokenDataset) -> No
     serial = check_dataset(**broken.paths)
     parallel = check_dataset(**broken.paths, num_workers=2)
     assert parallel.errors == serial.errors and len(serial.errors) == 2
+
+
+# --- one reader, two modes -----------------------------------------------------------------
+
+
+def _json_with_five_problems() -> dict[str, Any]:
+    return {
+        "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}],
+        "categories": [
+            {"id": 1, "name": "cat", "isthing": 1},
+            {"id": "2", "name": "dog", "isthing": 0},
+        ],
+        "annotations": [
+            {
+                "image_id": 1,
+                "file_name": "a.png",
+                "segments_info": [{"id": 0, "category_id": 1}, {"id": 5, "category_id": 7}],
+            },
+            {"image_id": 3, "file_name": "c.png", "segments_info": []},
+        ],
+    }
+
+
+# Each problem of `_json_with_five_problems`, in the order the reader finds them, with an edit
+# that fixes it alone.
+_PROBLEMS_AND_FIXES = [
+    (
+        "categories[1]: 'id' '2' is not an integer. Fix that category entry.",
+        lambda content: content["categories"].pop(1),
+    ),
+    (
+        "images[1]: image id 1 is used twice (also by 'a.jpg'). Give every image its own id.",
+        lambda content: content["images"].pop(1),
+    ),
+    (
+        "annotations[0] (image id 1, 'a.png').segments_info[0]: segment 'id' 0 is not an "
+        "integer in 1..16777215 (0 is void in the PNG).",
+        lambda content: content["annotations"][0]["segments_info"][0].update(id=4),
+    ),
+    (
+        "annotations[1]: 'image_id' 3 is not an id in 'images' (add an 'images' entry for it "
+        "or remove this annotation). Fix that entry.",
+        lambda content: content["annotations"].pop(1),
+    ),
+    (
+        "'category_id' 7 is not in 'categories' (ids [1]) but 1 segment(s) use it: "
+        "annotations[0] (image id 1, 'a.png').segments_info[1]. Add the category to "
+        "'categories' or fix the segments' 'category_id'.",
+        lambda content: content["annotations"][0]["segments_info"][1].update(category_id=1),
+    ),
+]
+
+
+def test_collect_all_and_fail_fast_find_the_same_problems_in_the_same_order(
+    tmp_path: Path,
+) -> None:
+    """Fixing the problems one by one: collect-all lists those left, fail-fast raises the first
+    of them; once all are fixed both read the same content."""
+    path = tmp_path / "panoptic.json"
+    content = _json_with_five_problems()
+    for step, (_, fix) in enumerate(_PROBLEMS_AND_FIXES):
+        path.write_text(json.dumps(content))
+        collected = Problems()
+        read_panoptic_json(path, collected)
+        assert collected.messages == [message for message, _ in _PROBLEMS_AND_FIXES[step:]]
+        with pytest.raises(DataError) as error:
+            read_panoptic_json(path, Problems("The JSON 'panoptic.json'", fail_fast=True))
+        assert str(error.value) == f"The JSON 'panoptic.json': {collected.messages[0]}"
+        fix(content)
+    path.write_text(json.dumps(content))
+    collected = Problems()
+    read = read_panoptic_json(path, collected)
+    assert collected.messages == []
+    assert read == read_panoptic_json(path, Problems(fail_fast=True))
+    assert read.categories == (Category(1, "cat", True),)
+    assert read.annotations == (
+        PanopticAnnotation(
+            1,
+            "a.png",
+            (Segment(4, 1, False, None, None), Segment(5, 1, False, None, None)),
+        ),
+    )
+    assert read.annotated == {1}
+
+
+def test_a_prediction_is_read_against_the_ground_truth_categories(tmp_path: Path) -> None:
+    """Without 'images' and 'categories'; its iscrowd, area and bbox are not read."""
+    path = tmp_path / "pred.json"
+    segments = [
+        {"id": 3, "category_id": 1, "area": -1, "iscrowd": "no"},
+        {"id": 4, "category_id": 2},
+    ]
+    path.write_text(json.dumps({"annotations": [{"image_id": "x", "file_name": "x.png"}]}))
+    ground_truth = [Category(1, "cat", True)]
+
+    def read(problems: Problems):
+        return read_panoptic_json(
+            path,
+            problems,
+            kind="prediction",
+            with_images=False,
+            ground_truth=ground_truth,
+            segment_attributes=False,
+        )
+
+    collected = Problems()
+    read(collected)
+    assert collected.messages == [
+        "annotations[0]: 'segments_info' None is not a list. Fix that entry."
+    ]
+    path.write_text(
+        json.dumps(
+            {"annotations": [{"image_id": "x", "file_name": "x.png", "segments_info": segments}]}
+        )
+    )
+    with pytest.raises(DataError) as error:
+        read(Problems("The prediction JSON 'pred.json'", fail_fast=True))
+    assert str(error.value) == (
+        "The prediction JSON 'pred.json': 'category_id' 2 is not in the ground truth's "
+        "'categories' (ids [1]) but 1 segment(s) use it: annotations[0] (image id 'x', "
+        "'x.png').segments_info[1]. Map the predicted classes to those category ids."
+    )
+    segments.pop()
+    path.write_text(
+        json.dumps(
+            {"annotations": [{"image_id": "x", "file_name": "x.png", "segments_info": segments}]}
+        )
+    )
+    read_content = read(Problems(fail_fast=True))
+    assert read_content.annotations == (
+        PanopticAnnotation("x", "x.png", (Segment(3, 1, False, None, None),)),
+    )
+    assert read_content.images == {}

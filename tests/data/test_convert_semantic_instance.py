@@ -125,7 +125,8 @@ def test_json_classes_list_and_palette_semantic(
 ) -> None:
     source["classes"] = tmp_path / "classes.json"
     source["classes"].write_text(json.dumps(CLASSES["classes"] + [{"id": 255, "name": "x"}]))
-    with pytest.raises(ConfigError, match=r"classes\.json':\n  classes\[4\]\['isthing'\]: required key missing"):
+    missing = r"classes\.json':\n  classes\[4\]\['isthing'\]: required key missing"
+    with pytest.raises(ConfigError, match=missing):
         _convert(source, tmp_path / "out")
     source["classes"].write_text(json.dumps(CLASSES["classes"]))
     palette = Image.fromarray(SEMANTIC_B, mode="L").convert("P")

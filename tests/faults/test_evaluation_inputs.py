@@ -53,7 +53,7 @@ def test_a_bad_ground_truth_area_is_an_error_not_a_skewed_score(
     def edit(gt: dict[str, Any]) -> None:
         _first_segment(gt)["area"] = area
 
-    with pytest.raises(DataError, match=rf"has 'area' {area!r}; PQ is computed with"):
+    with pytest.raises(DataError, match=rf"'area' {area!r} is not a non-negative number \(the "):
         _score_against_itself(split, tmp_path, edit)
 
 
@@ -66,5 +66,6 @@ def test_an_unknown_ground_truth_category_says_to_fix_the_ground_truth(
     with pytest.raises(DataError) as error:
         _score_against_itself(split, tmp_path, edit)
     message = str(error.value)
-    assert "unknown category_id 77" in message and "gt.json" in message
+    assert message.startswith(f"The ground-truth JSON '{tmp_path / 'gt.json'}': ")
+    assert "'category_id' 77 is not in 'categories'" in message
     assert "Add the category to 'categories'" in message and "prediction" not in message

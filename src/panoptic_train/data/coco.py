@@ -1,8 +1,12 @@
 """The COCO panoptic JSON: reading it into typed records, validating it, and the class mapping.
 
 Everything here is checked without decoding pixels, so it runs in seconds even for COCO's 118k
-images; the pixel-level checks (sizes, segment ids in the PNGs) live in `data.check`. Every problem
-found is collected and reported together, so one run of the tool shows a user all they must fix.
+images; the pixel-level checks (sizes, segment ids in the PNGs) live in `data.check`.
+
+`read_panoptic_json` is the one reader of COCO panoptic JSON files, for datasets and for
+evaluation's ground truth and predictions alike. It collects every problem, so that one run of
+the tool shows a user all they must fix, or, in fail-fast mode (`Problems(fail_fast=True)`, as
+evaluation uses it), raises the first of them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from panoptic_train._types import MAX_SEGMENT_ID, PathLike, is_int
+from panoptic_train._types import MAX_SEGMENT_ID, PathLike, is_int, is_number
 from panoptic_train.data.io import find_image_file, read_image_size
 from panoptic_train.errors import ConfigError, DataError
 
@@ -37,7 +41,7 @@ class Segment:
     id: int
     category_id: int
     iscrowd: bool
-    area: int | None
+    area: float | None  # the JSON's value (panopticapi scores with it), None when absent
     bbox: tuple[float, float, float, float] | None
 
 
@@ -154,42 +158,60 @@ def format_problems(
     return "\n".join(lines)
 
 
+class Problems:
+    """What a reader finds wrong with its input, in the order it finds it.
+
+    Collected (the default), so that one run shows a user everything to fix; or, with
+    `fail_fast`, the first one is raised as a DataError prefixed with `source` (the file it is
+    in), for callers that cannot use a partly broken input. Both modes run the same checks, so
+    the error raised is the first problem collected.
+    """
+
+    def __init__(self, source: str = "", *, fail_fast: bool = False) -> None:
+        self.source = source
+        self.fail_fast = fail_fast
+        self.messages: list[str] = []
+
+    def add(self, message: str) -> None:
+        if self.fail_fast:
+            raise DataError(f"{self.source}: {message}")
+        self.messages.append(message)
+
+
 def is_flag(value: Any) -> bool:
     """A JSON 0/1 flag such as `iscrowd` or `isthing` (true/false accepted too)."""
     return isinstance(value, bool) or value in (0, 1)
 
 
-def load_coco_json(annotations: Path, kind: str = "COCO panoptic") -> dict[str, Any]:
-    """A COCO-style JSON object with the lists 'images', 'annotations' and 'categories'.
+def load_coco_json(
+    path: Path,
+    kind: str = "COCO panoptic",
+    lists: Sequence[str] = ("images", "annotations", "categories"),
+) -> dict[str, Any]:
+    """A COCO-style JSON object holding the given `lists`; DataError when the file is missing,
+    not JSON, or not such an object (nothing else can be checked then).
 
-    `kind` names the expected file in messages ("COCO panoptic", "COCO instances", ...).
+    `kind` names the file in messages ("COCO panoptic", "COCO instances", "prediction", ...).
     """
-    if not annotations.is_file():
-        raise DataError(
-            f"Annotation file '{annotations}' does not exist. Pass the {kind} JSON "
-            "(e.g. annotations/train.json) as 'annotations'."
-        )
+    if not path.is_file():
+        raise DataError(f"The {kind} JSON '{path}' does not exist. Fix the path.")
     try:
-        with annotations.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8") as handle:
             content = json.load(handle)
     except json.JSONDecodeError as error:
         raise DataError(
-            f"Annotation file '{annotations}' is not valid JSON: {error.msg} at line "
-            f"{error.lineno}, column {error.colno}. Fix the file or regenerate it."
+            f"The {kind} JSON '{path}' is not valid JSON: {error.msg} at line {error.lineno}, "
+            f"column {error.colno}. Fix the file or regenerate it."
         ) from error
     except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"Cannot read annotation file '{annotations}': {error}.") from error
+        raise DataError(f"Cannot read the {kind} JSON '{path}': {error}.") from error
+    expected = f"a {kind} JSON is an object with the lists {', '.join(map(repr, lists))}"
     if not isinstance(content, dict):
         raise DataError(
-            f"Annotation file '{annotations}' holds a JSON {type(content).__name__}, but {kind} "
-            "annotations are an object with 'images', 'annotations' and 'categories'."
+            f"The {kind} JSON '{path}' holds a JSON {type(content).__name__}, but {expected}."
         )
-    missing = [key for key in ("images", "annotations", "categories") if key not in content]
-    wrong = [
-        key
-        for key in ("images", "annotations", "categories")
-        if key in content and not isinstance(content[key], list)
-    ]
+    missing = [key for key in lists if key not in content]
+    wrong = [key for key in lists if key in content and not isinstance(content[key], list)]
     if missing or wrong:
         details = []
         if missing:
@@ -197,10 +219,153 @@ def load_coco_json(annotations: Path, kind: str = "COCO panoptic") -> dict[str, 
         if wrong:
             details.append(f"the key(s) {wrong} are not lists")
         raise DataError(
-            f"Annotation file '{annotations}' is incomplete: {' and '.join(details)}. A {kind} "
-            "JSON has the lists 'images', 'annotations' and 'categories'."
+            f"The {kind} JSON '{path}' is incomplete: {' and '.join(details)}; {expected}."
         )
     return content
+
+
+@dataclass(frozen=True)
+class PanopticAnnotation:
+    """One entry of 'annotations': an image's mask PNG and the segments it holds."""
+
+    image_id: int | str
+    file_name: str
+    segments: tuple[Segment, ...]
+
+
+@dataclass(frozen=True)
+class PanopticJson:
+    """The checked content of a COCO panoptic JSON; entries with problems are left out.
+
+    images: the valid 'images' entries by id (empty when read without 'images').
+    annotations: the entries whose every segment is valid.
+    annotated: the image ids that have an 'annotations' entry, valid or not.
+    """
+
+    path: Path
+    categories: tuple[Category, ...]
+    images: Mapping[int | str, Mapping[str, Any]]
+    annotations: tuple[PanopticAnnotation, ...]
+    annotated: frozenset[int | str]
+
+
+def read_panoptic_json(
+    path: Path,
+    problems: Problems,
+    *,
+    kind: str = "COCO panoptic",
+    with_images: bool = True,
+    ground_truth: Sequence[Category] | None = None,
+    segment_attributes: bool = True,
+) -> PanopticJson:
+    """Read and check a COCO panoptic JSON, every problem going to `problems` (collected, or
+    raised at the first); only a file that cannot be read at all raises at once.
+
+    with_images: the file has an 'images' list that every annotation must refer to (a dataset);
+        without it (a prediction), annotations stand alone.
+    ground_truth: for a prediction, the categories of the ground truth it is scored against;
+        the file's own 'categories' are then not read.
+    segment_attributes: check each segment's `iscrowd`, `area` and `bbox` (nothing reads a
+        prediction's).
+    """
+    lists = ["annotations"]
+    lists += ["images"] if with_images else []
+    lists += ["categories"] if ground_truth is None else []
+    content = load_coco_json(path, kind, lists)
+    if ground_truth is None:
+        categories = _parse_categories(content["categories"], problems)
+        known = {category.id for category in categories}
+        listed = {str(i) for i in _entry_ids(content["categories"], "id")}
+        category_ids = _CategoryIds(
+            known,
+            listed - {str(i) for i in known},
+            "'categories'",
+            "Add the category to 'categories' or fix the segments' 'category_id'.",
+        )
+    else:
+        categories = list(ground_truth)
+        category_ids = _CategoryIds(
+            {category.id for category in categories},
+            set(),
+            "the ground truth's 'categories'",
+            "Map the predicted classes to those category ids.",
+        )
+    images = parse_images(content["images"], problems) if with_images else {}
+    # Ids of 'images' entries that are broken themselves (and reported): their annotations
+    # are not reported again as annotations of no image.
+    rejected_images = _entry_ids(content["images"], "id") - set(images) if with_images else set()
+    annotations: list[PanopticAnnotation] = []
+    annotated: dict[Any, str] = {}  # image id -> its mask's file name
+    mask_names: dict[str, Any] = {}
+    for position, entry in enumerate(content["annotations"]):
+        where = f"annotations[{position}]"
+        if not isinstance(entry, dict):
+            problems.add(f"{where} is {entry!r}, not an object with 'image_id' and 'file_name'.")
+            continue
+        # JSON values are typed Any until checked.
+        image_id: Any = entry.get("image_id")
+        file_name: Any = entry.get("file_name")
+        segments_raw: Any = entry.get("segments_info")
+        bad = []
+        valid_id = is_int(image_id) or isinstance(image_id, str)
+        if not valid_id:
+            bad.append(f"'image_id' {image_id!r} is not an integer or string")
+        elif with_images and image_id not in images and image_id not in rejected_images:
+            bad.append(
+                f"'image_id' {image_id!r} is not an id in 'images' (add an 'images' entry for "
+                "it or remove this annotation)"
+            )
+        elif image_id in annotated:
+            bad.append(
+                f"image id {image_id!r} already has an annotation ('{annotated[image_id]}'); "
+                "keep one entry per image"
+            )
+        if not isinstance(file_name, str) or not file_name:
+            bad.append(f"'file_name' {file_name!r} is not a mask file name")
+        elif file_name in mask_names:
+            bad.append(f"mask '{file_name}' is also used by image id {mask_names[file_name]!r}")
+        if not isinstance(segments_raw, list):
+            bad.append(f"'segments_info' {segments_raw!r} is not a list")
+        if bad:
+            problems.add(f"{where}: {'; '.join(bad)}. Fix that entry.")
+            continue
+        annotated[image_id] = file_name
+        mask_names[file_name] = image_id
+        where = f"{where} (image id {image_id!r}, '{file_name}')"
+        segments = [
+            _parse_segment(
+                segment,
+                f"{where}.segments_info[{i}]",
+                category_ids,
+                segment_attributes,
+                problems,
+            )
+            for i, segment in enumerate(segments_raw)
+        ]
+        duplicates = sorted(i for i, n in Counter(s.id for s in segments if s).items() if n > 1)
+        if duplicates:
+            problems.add(
+                f"{where}: segment ids {duplicates} appear more than once in 'segments_info'. "
+                "Every segment of an image needs its own id."
+            )
+        elif None not in segments and image_id not in rejected_images:
+            annotations.append(
+                PanopticAnnotation(image_id, file_name, tuple(s for s in segments if s))
+            )
+    for message in category_ids.problems():
+        problems.add(message)
+    if with_images and not content["images"]:
+        problems.add(
+            f"'{path}' lists no images: the dataset is empty. Point 'annotations' at the JSON of "
+            "a dataset with at least one annotated image."
+        )
+    return PanopticJson(
+        path=path,
+        categories=tuple(categories),
+        images=images,
+        annotations=tuple(annotations),
+        annotated=frozenset(annotated),
+    )
 
 
 def _entry_ids(entries: list[Any], key: str) -> set[int | str]:
@@ -212,15 +377,17 @@ def _entry_ids(entries: list[Any], key: str) -> set[int | str]:
     }
 
 
-def _parse_categories(raw: list[Any], problems: list[str]) -> list[Category]:
+def _parse_categories(raw: list[Any], problems: Problems) -> list[Category]:
     categories: list[Category] = []
     seen: set[int] = set()
     for position, entry in enumerate(raw):
         where = f"categories[{position}]"
         if not isinstance(entry, dict):
-            problems.append(f"{where} is {entry!r}, not an object with 'id', 'name' and 'isthing'.")
+            problems.add(f"{where} is {entry!r}, not an object with 'id', 'name' and 'isthing'.")
             continue
-        category_id, name, isthing = entry.get("id"), entry.get("name"), entry.get("isthing")
+        category_id: Any = entry.get("id")
+        name: Any = entry.get("name")
+        isthing: Any = entry.get("isthing")
         bad = []
         if not is_int(category_id):
             bad.append(f"'id' {category_id!r} is not an integer")
@@ -229,10 +396,10 @@ def _parse_categories(raw: list[Any], problems: list[str]) -> list[Category]:
         if not is_flag(isthing):
             bad.append(f"'isthing' {isthing!r} is not 0/1")
         if bad:
-            problems.append(f"{where}: {'; '.join(bad)}. Fix that category entry.")
+            problems.add(f"{where}: {'; '.join(bad)}. Fix that category entry.")
             continue
         if category_id in seen:
-            problems.append(
+            problems.add(
                 f"{where}: category id {category_id} appears more than once. Give every "
                 "category its own id."
             )
@@ -245,8 +412,8 @@ def _parse_categories(raw: list[Any], problems: list[str]) -> list[Category]:
             else None
         )
         categories.append(Category(category_id, name, bool(isthing), color_tuple))
-    if not categories and not problems:
-        problems.append("'categories' is empty. List the dataset's thing and stuff classes there.")
+    if not raw:
+        problems.add("'categories' is empty. List the dataset's thing and stuff classes there.")
     return categories
 
 
@@ -257,11 +424,14 @@ class _CategoryIds:
     rejected: str() of the ids of 'categories' entries that are themselves broken (and already
         reported); segments using them are not reported again, so that one bad category does
         not cascade into a line per segment.
+    listed_in, fix: where the known ids come from and what to do, for the message.
     unknown: each id in no category -> where segments use it, reported once per id.
     """
 
     known: set[int]
     rejected: set[str]
+    listed_in: str
+    fix: str
     unknown: dict[int, list[str]] = field(default_factory=dict)
 
     def problems(self) -> list[str]:
@@ -269,19 +439,24 @@ class _CategoryIds:
         for category_id, uses in self.unknown.items():
             shown = ", ".join(uses[:3]) + (", ..." if len(uses) > 3 else "")
             lines.append(
-                f"'category_id' {category_id} is not in 'categories' (ids {sorted(self.known)}) "
-                f"but {len(uses)} segment(s) use it: {shown}. Add the category or fix the ids."
+                f"'category_id' {category_id} is not in {self.listed_in} (ids "
+                f"{sorted(self.known)}) but {len(uses)} segment(s) use it: {shown}. {self.fix}"
             )
         return lines
 
 
 def _parse_segment(
-    entry: Any, where: str, category_ids: _CategoryIds, problems: list[str]
+    entry: Any,
+    where: str,
+    category_ids: _CategoryIds,
+    attributes: bool,
+    problems: Problems,
 ) -> Segment | None:
     if not isinstance(entry, dict):
-        problems.append(f"{where} is {entry!r}, not an object with 'id' and 'category_id'.")
+        problems.add(f"{where} is {entry!r}, not an object with 'id' and 'category_id'.")
         return None
-    segment_id, category_id = entry.get("id"), entry.get("category_id")
+    segment_id: Any = entry.get("id")
+    category_id: Any = entry.get("category_id")
     iscrowd, area, bbox = entry.get("iscrowd", 0), entry.get("area"), entry.get("bbox")
     bad = []
     if not is_int(segment_id) or not 0 < segment_id <= MAX_SEGMENT_ID:
@@ -295,39 +470,41 @@ def _parse_segment(
     elif known_category and category_id not in category_ids.known:
         category_ids.unknown.setdefault(category_id, []).append(where)
         known_category = False
-    if not is_flag(iscrowd):
-        bad.append(f"'iscrowd' {iscrowd!r} is not 0/1")
-    is_number = isinstance(area, int | float) and not isinstance(area, bool)
-    if area is not None and not (is_number and math.isfinite(area) and area >= 0):
-        bad.append(f"'area' {area!r} is not a non-negative number")
-    valid_bbox = (
-        isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)
-    )
-    if bbox is not None and not valid_bbox:
-        bad.append(f"'bbox' {bbox!r} is not [x, y, width, height]")
+    if attributes:
+        if not is_flag(iscrowd):
+            bad.append(f"'iscrowd' {iscrowd!r} is not 0/1")
+        if area is not None and not (is_number(area) and math.isfinite(area) and area >= 0):
+            bad.append(
+                f"'area' {area!r} is not a non-negative number (the segment's pixel count, "
+                "which PQ is computed with; remove it to use the PNG's)"
+            )
+        valid_bbox = isinstance(bbox, list) and len(bbox) == 4 and all(map(is_number, bbox))
+        if bbox is not None and not valid_bbox:
+            bad.append(f"'bbox' {bbox!r} is not [x, y, width, height]")
     if bad:
-        problems.append(f"{where}: {'; '.join(bad)}.")
+        problems.add(f"{where}: {'; '.join(bad)}.")
     if bad or not known_category:
         return None
     return Segment(
         id=segment_id,
         category_id=category_id,
-        iscrowd=bool(iscrowd),
-        area=None if area is None else round(area),
-        bbox=None if bbox is None else (bbox[0], bbox[1], bbox[2], bbox[3]),
+        iscrowd=attributes and bool(iscrowd),
+        area=area if attributes else None,
+        bbox=(bbox[0], bbox[1], bbox[2], bbox[3]) if attributes and bbox is not None else None,
     )
 
 
-def parse_images(raw: list[Any], problems: list[str]) -> dict[Any, dict[str, Any]]:
-    """The valid entries of a COCO 'images' list by image id; the others noted in `problems`."""
+def parse_images(raw: list[Any], problems: Problems) -> dict[Any, dict[str, Any]]:
+    """The valid entries of a COCO 'images' list by image id; the others go to `problems`."""
     images: dict[Any, dict[str, Any]] = {}
     file_names: dict[str, Any] = {}
     for position, entry in enumerate(raw):
         where = f"images[{position}]"
         if not isinstance(entry, dict):
-            problems.append(f"{where} is {entry!r}, not an object with 'id' and 'file_name'.")
+            problems.add(f"{where} is {entry!r}, not an object with 'id' and 'file_name'.")
             continue
-        image_id, file_name = entry.get("id"), entry.get("file_name")
+        image_id: Any = entry.get("id")
+        file_name: Any = entry.get("file_name")
         height, width = entry.get("height"), entry.get("width")
         bad = []
         if not (is_int(image_id) or isinstance(image_id, str)):
@@ -338,16 +515,16 @@ def parse_images(raw: list[Any], problems: list[str]) -> dict[Any, dict[str, Any
             if value is not None and not (is_int(value) and value > 0):
                 bad.append(f"'{key}' {value!r} is not a positive integer")
         if bad:
-            problems.append(f"{where}: {'; '.join(bad)}. Fix that entry.")
+            problems.add(f"{where}: {'; '.join(bad)}. Fix that entry.")
             continue
         if image_id in images:
-            problems.append(
+            problems.add(
                 f"{where}: image id {image_id!r} is used twice (also by "
                 f"'{images[image_id]['file_name']}'). Give every image its own id."
             )
             continue
         if file_name in file_names:
-            problems.append(
+            problems.add(
                 f"{where}: file name '{file_name}' is listed twice (image ids "
                 f"{file_names[file_name]!r} and {image_id!r}). Remove the duplicate entry."
             )
@@ -359,11 +536,11 @@ def parse_images(raw: list[Any], problems: list[str]) -> dict[Any, dict[str, Any
 
 def _locate_sample(
     image_id: int | str,
-    image_entry: dict[str, Any],
+    image_entry: Mapping[str, Any],
     mask_path: Path | None,
     segments: tuple[Segment, ...],
     images_dir: Path,
-    problems: list[str],
+    problems: Problems,
 ) -> PanopticSample | None:
     """The sample of one image if its image and mask files exist (else problems noted).
 
@@ -371,12 +548,12 @@ def _locate_sample(
     """
     image_path = find_image_file(images_dir, image_entry["file_name"])
     if image_path is None:
-        problems.append(
+        problems.add(
             f"Image '{images_dir / image_entry['file_name']}' (image id {image_id!r}) does "
             "not exist. Add the image or remove its entries from the JSON."
         )
     if mask_path is not None and not mask_path.is_file():
-        problems.append(
+        problems.add(
             f"Mask '{mask_path}' (image id {image_id!r}) does not exist. Add the mask PNG or "
             "remove its entries from the JSON."
         )
@@ -388,7 +565,7 @@ def _locate_sample(
         try:
             height, width = read_image_size(image_path)
         except DataError as error:
-            problems.append(str(error))
+            problems.add(str(error))
             return None
     return PanopticSample(
         image_id=image_id,
@@ -431,115 +608,55 @@ def scan_panoptic_index(
     ignore_classes: Iterable[int] = (),
     allow_unlabeled: bool = False,
 ) -> tuple[PanopticIndex, list[str]]:
-    """The index of the usable samples and the list of problems found (see read_panoptic_index).
+    """The index of the usable samples and the list of problems found (see read_panoptic_index):
+    those of the JSON first, then those of the files it names.
 
     Only a JSON that cannot be read at all raises (DataError): nothing else can be checked then.
     """
     images_dir, masks_dir, annotations_path = Path(images), Path(masks), Path(annotations)
-    content = load_coco_json(annotations_path)
-    problems: list[str] = []
-    for name, directory in (("images", images_dir), ("masks", masks_dir)):
-        if not directory.is_dir():
-            problems.append(f"The {name} directory '{directory}' does not exist. Fix the path.")
-    categories = _parse_categories(content["categories"], problems)
-    category_ids = {category.id for category in categories}
-    listed_categories = {str(i) for i in _entry_ids(content["categories"], "id")}
-    segment_categories = _CategoryIds(
-        category_ids, listed_categories - {str(category_id) for category_id in category_ids}
-    )
+    problems = Problems()
+    content = read_panoptic_json(annotations_path, problems)
+    category_ids = sorted(category.id for category in content.categories)
     ignored = tuple(ignore_classes)
     unknown_ignored = [c for c in ignored if c not in category_ids]
-    if unknown_ignored and categories:
-        problems.append(
+    if unknown_ignored and category_ids:
+        problems.add(
             f"ignore_classes {unknown_ignored} are not category ids of '{annotations_path}' "
-            f"(ids {sorted(category_ids)}). Remove them or fix the ids."
+            f"(ids {category_ids}). Remove them or fix the ids."
         )
-    image_entries = parse_images(content["images"], problems)
-    # Ids of 'images' entries that are broken themselves (and reported): their annotations
-    # are not reported again as annotations of no image.
-    rejected_images = _entry_ids(content["images"], "id") - set(image_entries)
+    for name, directory in (("images", images_dir), ("masks", masks_dir)):
+        if not directory.is_dir():
+            problems.add(f"The {name} directory '{directory}' does not exist. Fix the path.")
     check_files = images_dir.is_dir() and masks_dir.is_dir()
 
-    samples: list[PanopticSample] = []
-    annotated: set[Any] = set()
-    mask_names: dict[str, Any] = {}
-    for position, entry in enumerate(content["annotations"]):
-        where = f"annotations[{position}]"
-        if not isinstance(entry, dict):
-            problems.append(f"{where} is {entry!r}, not an object with 'image_id' and 'file_name'.")
-            continue
-        image_id, file_name = entry.get("image_id"), entry.get("file_name")
-        segments_raw = entry.get("segments_info")
-        bad = []
-        valid_id = is_int(image_id) or isinstance(image_id, str)
-        if valid_id and image_id in rejected_images:
-            pass
-        elif not valid_id or image_id not in image_entries:
-            bad.append(
-                f"'image_id' {image_id!r} is not an id in 'images' (add an 'images' entry for "
-                "it or remove this annotation)"
-            )
-        elif image_id in annotated:
-            bad.append(f"image id {image_id!r} already has an annotation; merge the two entries")
-        if not isinstance(file_name, str) or not file_name:
-            bad.append(f"'file_name' {file_name!r} is not a mask file name")
-        elif file_name in mask_names:
-            bad.append(f"mask '{file_name}' is also used by image id {mask_names[file_name]!r}")
-        if not isinstance(segments_raw, list):
-            bad.append(f"'segments_info' {segments_raw!r} is not a list")
-        if bad:
-            problems.append(f"{where}: {'; '.join(bad)}. Fix that entry.")
-            continue
-        annotated.add(image_id)
-        mask_names[file_name] = image_id
-        segments = [
-            _parse_segment(
-                segment, f"{where} ('{file_name}').segments_info[{i}]", segment_categories, problems
-            )
-            for i, segment in enumerate(segments_raw)
-        ]
-        duplicates = sorted(i for i, n in Counter(s.id for s in segments if s).items() if n > 1)
-        if duplicates:
-            problems.append(
-                f"{where} ('{file_name}'): segment ids {duplicates} appear more than once in "
-                "'segments_info'. Every segment of an image needs its own id."
-            )
-        if check_files and None not in segments and image_id in image_entries:
-            sample = _locate_sample(
-                image_id,
-                image_entries[image_id],
-                masks_dir / file_name,
-                tuple(s for s in segments if s is not None),
+    samples: list[PanopticSample | None] = []
+    for annotation in content.annotations if check_files else ():
+        samples.append(
+            _locate_sample(
+                annotation.image_id,
+                content.images[annotation.image_id],
+                masks_dir / annotation.file_name,
+                annotation.segments,
                 images_dir,
                 problems,
             )
-            if sample is not None:
-                samples.append(sample)
-    problems.extend(segment_categories.problems())
-
-    for image_id, entry in image_entries.items():
-        if image_id in annotated:
+        )
+    for image_id, entry in content.images.items():
+        if image_id in content.annotated:
             continue
         if not allow_unlabeled:
-            problems.append(
+            problems.add(
                 f"Image '{entry['file_name']}' (image id {image_id!r}) has no entry in "
                 f"'annotations' of '{annotations_path}'. Add its segments_info and mask, remove "
                 "the image from 'images', or set data.allow_unlabeled to use it as an all-void "
                 "negative."
             )
         elif check_files:
-            sample = _locate_sample(image_id, entry, None, (), images_dir, problems)
-            if sample is not None:
-                samples.append(sample)
-    if not content["images"]:
-        problems.append(
-            f"'{annotations_path}' lists no images: the dataset is empty. Point 'annotations' "
-            "at the JSON of a dataset with at least one annotated image."
-        )
+            samples.append(_locate_sample(image_id, entry, None, (), images_dir, problems))
     index = PanopticIndex(
-        categories=tuple(categories),
-        samples=tuple(samples),
+        categories=content.categories,
+        samples=tuple(sample for sample in samples if sample is not None),
         annotations_path=annotations_path,
         ignore_classes=ignored,
     )
-    return index, problems
+    return index, problems.messages

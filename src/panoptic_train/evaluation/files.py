@@ -11,18 +11,17 @@ this process (PIL's decoder and numpy's kernels release the GIL); segment ids ma
 indices through a 2^24-entry lookup table per thread, an O(pixels) gather instead of a sort.
 PNG decoding (zlib) bounds it at a few ms per image, so the optional compiled "hotcoco" backend,
 whose decoder is several times faster, does the pixel work when installed. The JSON checks are
-ours in both cases, and where hotcoco rejects the pixels, the builtin scorer runs to name the
-file and id of the problem.
+the dataset reader's (`data.coco.read_panoptic_json`, stopping at the first problem) in both
+cases, and where hotcoco rejects the pixels, the builtin scorer runs to name the file and id of
+the problem.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import math
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,8 @@ import numpy as np
 import torch
 
 from panoptic_train._io import atomic_write_json, ensure_output_file
-from panoptic_train._types import MAX_SEGMENT_ID, PathLike, is_int
+from panoptic_train._types import MAX_SEGMENT_ID, PathLike
+from panoptic_train.data.coco import Category, PanopticJson, Problems, read_panoptic_json
 from panoptic_train.data.io import load_segment_ids
 from panoptic_train.errors import ConfigError, DataError, require
 from panoptic_train.evaluation.pq import (
@@ -45,7 +45,6 @@ from panoptic_train.evaluation.pq import (
 BACKENDS = ("auto", "hotcoco", "builtin")
 # Dense indices are stored as int16 to keep each thread's lookup table at 32 MiB.
 _MAX_SEGMENTS = int(np.iinfo(np.int16).max)
-# PIL modes whose colours are the RGB encoding (a palette maps indices to those colours).
 # Each thread holds its own 32 MiB lookup table; the cap bounds that memory.
 _MAX_WORKERS = 8
 
@@ -105,10 +104,10 @@ def evaluate_panoptic(
         ensure_output_file(out)  # before the scoring, not after it
     gt_side = _Side("ground-truth", Path(gt_json), Path(gt_masks))
     pred_side = _Side("prediction", Path(pred_json), Path(pred_masks))
-    gt_content = _read_json(gt_side)
-    pred_content = _read_json(pred_side)
-    categories = _categories(gt_content, gt_side.json_path)
-    class_of = {category["id"]: index for index, category in enumerate(categories)}
+    gt_content = _read(gt_side, ground_truth=None)
+    categories = gt_content.categories
+    pred_content = _read(pred_side, ground_truth=categories)
+    class_of = {category.id: index for index, category in enumerate(categories)}
     gt = _annotations(gt_content, gt_side, class_of)
     pred = _annotations(pred_content, pred_side, class_of)
     pairs = _pairs(gt, pred, gt_side, pred_side)
@@ -118,9 +117,9 @@ def evaluate_panoptic(
 
     accumulator = PanopticQualityAccumulator(
         num_classes=len(categories),
-        is_thing=[bool(category["isthing"]) for category in categories],
-        class_ids=[category["id"] for category in categories],
-        class_names=[str(category.get("name", category["id"])) for category in categories],
+        is_thing=[category.isthing for category in categories],
+        class_ids=[category.id for category in categories],
+        class_names=[category.name for category in categories],
     )
     stats = None
     if _hotcoco_wanted(backend):
@@ -192,23 +191,18 @@ def _hotcoco_statistics(
     return stats
 
 
-def _read_json(side: _Side) -> dict[str, Any]:
-    if not side.json_path.is_file():
-        raise DataError(f"The {side.role} JSON '{side.json_path}' does not exist. Fix the path.")
-    try:
-        with side.json_path.open(encoding="utf-8") as handle:
-            content = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(
-            f"The {side.role} JSON '{side.json_path}' is not valid JSON: {error}. "
-            "Fix or regenerate the file."
-        ) from error
-    if not isinstance(content, dict) or not isinstance(content.get("annotations"), list):
-        raise DataError(
-            f"The {side.role} JSON '{side.json_path}' has no 'annotations' list. A COCO panoptic "
-            "JSON is an object with 'annotations' (one entry per image) and, for the ground "
-            "truth, 'categories'."
-        )
+def _read(side: _Side, ground_truth: Sequence[Category] | None) -> PanopticJson:
+    """One side's JSON, read by the dataset reader in fail-fast mode: the first problem is the
+    error, as a score of partly broken input would be skewed."""
+    content = read_panoptic_json(
+        side.json_path,
+        Problems(f"The {side.role} JSON '{side.json_path}'", fail_fast=True),
+        kind=side.role,
+        with_images=False,
+        ground_truth=ground_truth,
+        # A prediction's iscrowd, area and bbox are never read: its areas come from its PNGs.
+        segment_attributes=ground_truth is None,
+    )
     if not side.masks.is_dir():
         raise DataError(
             f"The {side.role} mask folder '{side.masks}' does not exist. Pass the folder that "
@@ -217,122 +211,27 @@ def _read_json(side: _Side) -> dict[str, Any]:
     return content
 
 
-def _categories(content: Mapping[str, Any], json_path: Path) -> list[dict[str, Any]]:
-    categories = content.get("categories")
-    if not isinstance(categories, list) or not categories:
-        raise DataError(
-            f"The ground-truth JSON '{json_path}' has no 'categories' list; PQ is computed over "
-            "its categories, each with 'id', 'name' and 'isthing'."
-        )
-    seen: set[int] = set()
-    for position, category in enumerate(categories):
-        valid = (
-            isinstance(category, dict)
-            and is_int(category.get("id"))
-            and category.get("isthing") in (0, 1)
-        )
-        if not valid:
-            raise DataError(
-                f"categories[{position}] in '{json_path}' is {category!r}; each category needs "
-                "an integer 'id' and 'isthing' (1 for things, 0 for stuff)."
-            )
-        if category["id"] in seen:
-            raise DataError(
-                f"Category id {category['id']} appears twice in 'categories' of '{json_path}'. "
-                "Give each category a unique id."
-            )
-        seen.add(category["id"])
-    return categories
-
-
 def _annotations(
-    content: Mapping[str, Any], side: _Side, class_of: Mapping[int, int]
+    content: PanopticJson, side: _Side, class_of: Mapping[int, int]
 ) -> dict[Any, _Annotation]:
-    """The annotations of one JSON by image id, checked and turned into class indices."""
+    """One side's annotations by image id, with contiguous class indices."""
     by_image: dict[Any, _Annotation] = {}
-    for position, entry in enumerate(content["annotations"]):
-        where = f"annotations[{position}] of '{side.json_path}'"
-        if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str):
-            raise DataError(f"{where} needs 'image_id', 'file_name' and 'segments_info'.")
-        image_id = entry.get("image_id")
-        if image_id in by_image:
+    for entry in content.annotations:
+        segments = entry.segments
+        if len(segments) > _MAX_SEGMENTS:
             raise DataError(
-                f"Image id {image_id!r} has two annotations in '{side.json_path}' "
-                f"({by_image[image_id].png.name} and {entry['file_name']}). Keep one per image."
+                f"Image id {entry.image_id!r} has {len(segments)} segments in "
+                f"'{side.json_path}'; at most {_MAX_SEGMENTS} per image are supported."
             )
-        segments = entry.get("segments_info")
-        if not isinstance(segments, list):
-            raise DataError(f"{where} (image id {image_id!r}) has no 'segments_info' list.")
-        by_image[image_id] = _annotation(
-            image_id, side.masks / entry["file_name"], segments, where, class_of, side.role
+        by_image[entry.image_id] = _Annotation(
+            image_id=entry.image_id,
+            png=side.masks / entry.file_name,
+            ids=tuple(segment.id for segment in segments),
+            classes=tuple(class_of[segment.category_id] for segment in segments),
+            crowd=tuple(segment.iscrowd for segment in segments),
+            area=tuple(segment.area for segment in segments),
         )
     return by_image
-
-
-def _annotation(
-    image_id: Any,
-    png: Path,
-    segments: list[Any],
-    where: str,
-    class_of: Mapping[int, int],
-    role: str,
-) -> _Annotation:
-    """One image's segments, checked. The ground truth's `area` values are scored (as by
-    panopticapi), so a negative, NaN or infinite one is an error there; a prediction's `area` is
-    never used (its areas come from the PNG)."""
-    ids: list[int] = []
-    seen: set[int] = set()
-    classes: list[int] = []
-    crowd: list[bool] = []
-    area: list[float | None] = []
-    for segment in segments:
-        segment_id = segment.get("id") if isinstance(segment, dict) else None
-        if not (is_int(segment_id) and 0 < segment_id <= MAX_SEGMENT_ID):
-            raise DataError(
-                f"{where} (image id {image_id!r}) has a segment {segment!r} without a valid 'id' "
-                f"(an integer in 1..{MAX_SEGMENT_ID}; 0 is void)."
-            )
-        if segment_id in seen:
-            raise DataError(
-                f"{where} (image id {image_id!r}) lists segment id {segment_id} twice in "
-                "'segments_info'. Give each segment of an image its own id."
-            )
-        category_id = segment.get("category_id")
-        if category_id not in class_of:
-            fix = (
-                "Add the category to 'categories' or fix the segment's category_id."
-                if role == "ground-truth"
-                else "Map the prediction's classes to those category ids."
-            )
-            raise DataError(
-                f"{where} (image id {image_id!r}, file '{png.name}'): segment id {segment_id} "
-                f"has unknown category_id {category_id!r}; the ground truth's categories are "
-                f"{sorted(class_of)}. {fix}"
-            )
-        segment_area = segment.get("area")
-        is_number = isinstance(segment_area, int | float) and not isinstance(segment_area, bool)
-        if (
-            role == "ground-truth"
-            and segment_area is not None
-            and not (is_number and math.isfinite(segment_area) and segment_area >= 0)
-        ):
-            raise DataError(
-                f"{where} (image id {image_id!r}, file '{png.name}'): segment id {segment_id} "
-                f"has 'area' {segment_area!r}; PQ is computed with the ground truth's areas, so "
-                "each must be a non-negative number, its pixel count in the PNG. Fix it, or "
-                "remove 'area' to use the pixel count."
-            )
-        ids.append(segment_id)
-        seen.add(segment_id)
-        classes.append(class_of[category_id])
-        crowd.append(bool(segment.get("iscrowd", 0)))
-        area.append(float(segment_area) if is_number else None)
-    if len(ids) > _MAX_SEGMENTS:
-        raise DataError(
-            f"{where} (image id {image_id!r}) has {len(ids)} segments; at most {_MAX_SEGMENTS} "
-            "per image are supported."
-        )
-    return _Annotation(image_id, png, tuple(ids), tuple(classes), tuple(crowd), tuple(area))
 
 
 def _pairs(

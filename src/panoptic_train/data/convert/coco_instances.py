@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from panoptic_train._types import PathLike, is_int, is_number
-from panoptic_train.data.coco import is_flag, load_coco_json, parse_images
+from panoptic_train.data.coco import Problems, is_flag, load_coco_json, parse_images
 from panoptic_train.data.convert._labels import (
     LabelClass,
     LabelTable,
@@ -115,7 +115,7 @@ def convert_coco_instances(
     if not images_dir.is_dir():
         raise DataError(f"The images folder '{images_dir}' does not exist. Fix the path.")
     content = load_coco_json(annotations_path, "COCO instances")
-    problems: list[str] = []
+    problems = Problems()
     image_entries = parse_images(content["images"], problems)
     things = _parse_categories(content["categories"], annotations_path, True, problems)
     sources = _Sources(
@@ -147,7 +147,7 @@ def convert_coco_instances(
         inputs.append(stuff_path)
     _check_ids_unique(categories, annotations_path, problems)
     tasks = _tasks(sources, image_entries, problems)
-    raise_problems(annotations_path, problems)
+    raise_problems(annotations_path, problems.messages)
     return convert_split(
         format_name="coco-instances",
         out=out,
@@ -175,7 +175,7 @@ class _Sources:
 
 
 def _parse_categories(
-    raw: list[Any], path: Path, isthing: bool, problems: list[str]
+    raw: list[Any], path: Path, isthing: bool, problems: Problems
 ) -> dict[int, LabelClass]:
     categories: dict[int, LabelClass] = {}
     for position, entry in enumerate(raw):
@@ -183,7 +183,7 @@ def _parse_categories(
         category_id: Any = fields.get("id")  # a JSON value of any type until checked
         name = fields.get("name")
         if not is_int(category_id) or not isinstance(name, str) or category_id in categories:
-            problems.append(
+            problems.add(
                 f"categories[{position}] of '{path}' is {entry!r}: a category needs an integer "
                 "'id' of its own and a 'name'. Fix that entry."
             )
@@ -203,14 +203,14 @@ def _parse_regions(
     path: Path,
     image_entries: Mapping[Any, Mapping[str, Any]],
     categories: Mapping[int, LabelClass],
-    problems: list[str],
+    problems: Problems,
 ) -> dict[Any, list[_Region]]:
     """The annotations of `content` as regions by image id, in JSON order."""
     regions: defaultdict[Any, list[_Region]] = defaultdict(list)
     for position, entry in enumerate(content["annotations"]):
         where = f"annotations[{position}] of '{path}'"
         if not isinstance(entry, dict):
-            problems.append(f"{where} is {entry!r}, not an annotation object. Fix that entry.")
+            problems.add(f"{where} is {entry!r}, not an annotation object. Fix that entry.")
             continue
         where = f"annotations[{position}] (id {entry.get('id')!r}) of '{path}'"
         image_id = entry.get("image_id")
@@ -228,7 +228,7 @@ def _parse_regions(
         if not isinstance(segmentation, list | dict):
             bad.append("'segmentation' is neither polygons (a list) nor RLE (an object)")
         if bad:
-            problems.append(f"{where}: {'; '.join(bad)}. Fix or remove the annotation.")
+            problems.add(f"{where}: {'; '.join(bad)}. Fix or remove the annotation.")
             continue
         # Crowd is a thing notion: a stuff class is one segment per image anyway.
         label = SegmentLabel(category_id, bool(iscrowd) and categories[category_id].isthing)
@@ -271,12 +271,12 @@ def _check_ignored(stuff_ignore: Sequence[int], known: Mapping[int, Any], path: 
 
 
 def _check_ids_unique(
-    categories: Sequence[Mapping[str, Any]], path: Path, problems: list[str]
+    categories: Sequence[Mapping[str, Any]], path: Path, problems: Problems
 ) -> None:
     seen: dict[int, str] = {}
     for category in categories:
         if category["id"] in seen:
-            problems.append(
+            problems.add(
                 f"Category id {category['id']} is both the thing '{seen[category['id']]}' of "
                 f"'{path}' and the stuff class '{category['name']}'. Give stuff classes ids "
                 "that no thing category uses."
@@ -285,14 +285,14 @@ def _check_ids_unique(
 
 
 def _tasks(
-    sources: _Sources, image_entries: Mapping[Any, Mapping[str, Any]], problems: list[str]
+    sources: _Sources, image_entries: Mapping[Any, Mapping[str, Any]], problems: Problems
 ) -> list[_Task]:
     tasks = []
     masks: dict[str, Path] = {}
     for image_id, entry in image_entries.items():
         image = find_image_file(sources.images_dir, entry["file_name"])
         if image is None:
-            problems.append(
+            problems.add(
                 f"Image '{sources.images_dir / entry['file_name']}' (image id {image_id!r}) does "
                 f"not exist. Add it or remove its entry from 'images' of '{sources.annotations}'."
             )
@@ -300,14 +300,14 @@ def _tasks(
         name = image.relative_to(sources.images_dir).as_posix()
         mask = Path(name).with_suffix(".png").as_posix()
         if mask in masks:
-            problems.append(
+            problems.add(
                 f"Images '{masks[mask]}' and '{image}' would both get the mask '{mask}'. Rename "
                 "one of them."
             )
         masks[mask] = image
         stuff_png = sources.stuff_masks / mask if sources.stuff_masks else None
         if stuff_png is not None and not stuff_png.is_file():
-            problems.append(
+            problems.add(
                 f"The stuff PNG '{stuff_png}' of the image '{image}' does not exist. Add it, or "
                 "remove the image from the JSON."
             )
