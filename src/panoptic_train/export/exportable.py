@@ -16,15 +16,31 @@ from panoptic_train.runtime.postprocess import PostprocessConfig
 
 
 class ExportableModel(Protocol):
-    """A network in eval mode with what a runner needs beside it (stored in the export)."""
+    """A network in eval mode with what a runner needs beside it (stored in the export).
 
-    network: EoMT
-    model_name: str
-    class_mapping: ClassMapping
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    image_size: tuple[int, ...]
-    postprocess: PostprocessConfig
+    Read-only members, so that a model whose attributes have narrower types also qualifies.
+    """
+
+    @property
+    def network(self) -> EoMT: ...
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def class_mapping(self) -> ClassMapping: ...
+
+    @property
+    def mean(self) -> tuple[float, ...]: ...
+
+    @property
+    def std(self) -> tuple[float, ...]: ...
+
+    @property
+    def image_size(self) -> tuple[int, ...]: ...
+
+    @property
+    def postprocess(self) -> PostprocessConfig: ...
 
     def to_exported(self) -> ExportedModel:
         """A CPU snapshot of the network and its metadata (rebuilt for tracing)."""
