@@ -180,8 +180,9 @@ def remove_stale_temp_files(folder: PathLike, targets: frozenset[str] | None = N
     return removed
 
 
-def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a file atomically through a callback that receives the open binary handle."""
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], object]) -> None:
+    """Write a file atomically through a callback that receives the open binary handle (what
+    it returns, such as `handle.write`'s byte count, is ignored)."""
     with atomic_open(path, "wb") as handle:
         write(handle)
 
