@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from panoptic_train._validate import parse_config
+from panoptic_train._validate import one_of, parse_config
 from panoptic_train.data.config import SplitArgs, load_data_args
 from panoptic_train.data.transforms import TransformArgs
 from panoptic_train.errors import ConfigError
@@ -107,3 +107,10 @@ def test_configs_are_immutable() -> None:
     config = ServeConfig()
     with pytest.raises(ValueError, match="frozen"):
         config.max_batch = 2  # type: ignore[misc]
+
+
+def test_a_value_outside_a_vocabulary_names_the_valid_ones() -> None:
+    assert one_of("fp16", "precision", ("fp32", "fp16")) == "fp16"
+    assert _message(one_of, "fp8", "precision", ("auto", "fp32", "fp16", "bf16")) == (
+        "precision='fp8' is not supported; use 'auto', 'fp32', 'fp16' or 'bf16'."
+    )

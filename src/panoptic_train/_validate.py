@@ -188,6 +188,15 @@ def positive_int(value: Any, name: str) -> int:
     return value
 
 
+def one_of(value: Any, name: str, choices: Sequence[Any]) -> Any:
+    """`value` if it is one of `choices`; ConfigError naming it and them otherwise."""
+    if value not in choices:
+        listed = [repr(choice) for choice in choices]
+        valid = " or ".join([", ".join(listed[:-1]), listed[-1]] if len(listed) > 1 else listed)
+        raise ConfigError(f"{name}={value!r} is not supported; use {valid}.")
+    return value
+
+
 def normalization(mean: Sequence[Any], std: Sequence[Any]) -> tuple[Triple, Triple]:
     """The per-channel `mean` and `std` inputs are normalised with, checked: three finite numbers
     each and a positive std (a zero std turns every pixel into inf, and the predictions into

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import get_args
+
+from panoptic_train._types import ExportPrecision
 
 HELP = "Export a model to ONNX or to a TensorRT engine (with verification against PyTorch)."
 
@@ -17,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--format", required=True, choices=["onnx", "tensorrt"], help="target")
     parser.add_argument("--out", required=True, help="file to write (.onnx / .engine)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="(fp32)")
+    parser.add_argument(
+        "--precision", default="fp32", choices=get_args(ExportPrecision), help="(fp32)"
+    )
     parser.add_argument("--height", type=int, help="input height, multiple of 16 (model's)")
     parser.add_argument("--width", type=int, help="input width, multiple of 16 (model's)")
     parser.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")

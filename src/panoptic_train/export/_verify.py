@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from panoptic_train._types import ExportPrecision
 from panoptic_train.export.exportable import ExportableModel
-from panoptic_train.export.metadata import LOGIT_OUTPUTS, Precision
+from panoptic_train.export.metadata import LOGIT_OUTPUTS
 
 # The largest |exported - PyTorch fp32| allowed on each logits output, relative to
 # max(1, max |PyTorch logit|). fp32 graphs agree to ~1e-6 in onnxruntime, fp16 ones to ~1e-3.
@@ -29,7 +30,7 @@ class VerificationReport:
     """
 
     engine: str
-    precision: Precision
+    precision: ExportPrecision
     batch_size: int
     max_errors: dict[str, float]
     tolerances: dict[str, float]
@@ -74,7 +75,7 @@ def compare_logits(
     model: ExportableModel,
     images: torch.Tensor,
     outputs: Mapping[str, np.ndarray],
-    precision: Precision,
+    precision: ExportPrecision,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Max abs errors of `outputs` against the model's fp32 network on `images`, and bounds.
 

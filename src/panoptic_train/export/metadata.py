@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
+from panoptic_train._types import ExportPrecision, PathLike
 from panoptic_train._validate import check_format_version, normalization
 from panoptic_train.data.coco import ClassMapping
 from panoptic_train.errors import ConfigError, WeightsError
@@ -26,7 +26,6 @@ FORMAT = "panoptic_train.eomt_panoptic.graph"
 FORMAT_VERSION = 1
 
 Outputs = Literal["logits", "panoptic"]
-Precision = Literal["fp32", "fp16"]
 
 # Graph tensor names: the runners and users' own code rely on them.
 INPUT_NAME = "images"
@@ -50,7 +49,7 @@ class ExportMetadata:
     std: tuple[float, float, float]
     postprocess: PostprocessConfig
     outputs: Outputs
-    precision: Precision
+    precision: ExportPrecision
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -90,7 +89,7 @@ class ExportMetadata:
         try:
             outputs = data["outputs"]
             precision = data["precision"]
-            if outputs not in ("logits", "panoptic") or precision not in ("fp32", "fp16"):
+            if outputs not in ("logits", "panoptic") or precision not in get_args(ExportPrecision):
                 raise ValueError(f"outputs={outputs!r}, precision={precision!r}")
             height, width = (int(side) for side in data["image_size"])
             mean, std = normalization(data["normalize"]["mean"], data["normalize"]["std"])
@@ -109,13 +108,13 @@ class ExportMetadata:
             raise WeightsError(message) from error
 
 
-def sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
+def sidecar_path(engine_path: PathLike) -> Path:
     """The JSON file holding a TensorRT engine's metadata: `<engine file>.json`."""
     path = Path(engine_path)
     return path.with_name(path.name + ".json")
 
 
-def read_sidecar(engine_path: str | os.PathLike[str]) -> ExportMetadata:
+def read_sidecar(engine_path: PathLike) -> ExportMetadata:
     path = sidecar_path(engine_path)
     if not path.is_file():
         raise WeightsError(

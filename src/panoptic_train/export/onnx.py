@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 
 from panoptic_train._io import atomic_write, ensure_output_file
+from panoptic_train._types import ExportPrecision, PathLike, is_int
+from panoptic_train._validate import one_of
 from panoptic_train._version import __version__
 from panoptic_train.errors import ConfigError, PanopticTrainError, require
 from panoptic_train.export._verify import VerificationReport, compare_logits, example_images
@@ -27,7 +28,6 @@ from panoptic_train.export.metadata import (
     LOGIT_OUTPUTS,
     METADATA_KEY,
     ExportMetadata,
-    Precision,
 )
 from panoptic_train.export.onnx_predictor import metadata_of_session
 from panoptic_train.models.dinov3 import PATCH_SIZE
@@ -46,8 +46,8 @@ class ExportError(PanopticTrainError, RuntimeError):
 
 def export_onnx(
     model: ExportableModel,
-    out: str | os.PathLike[str],
-    precision: Precision = "fp32",
+    out: PathLike,
+    precision: ExportPrecision = "fp32",
     batch_size: int = 1,
     height: int | None = None,
     width: int | None = None,
@@ -114,7 +114,7 @@ def export_onnx(
 
 @dataclass(frozen=True)
 class _ExportOptions:
-    precision: Precision
+    precision: ExportPrecision
     batch_size: int
     image_size: tuple[int, int]
     opset: int
@@ -129,22 +129,21 @@ class _ExportOptions:
         width: int | None,
         opset: int | None,
     ) -> _ExportOptions:
-        if precision not in ("fp32", "fp16"):
-            raise ConfigError(f"precision={precision!r} is not supported; use 'fp32' or 'fp16'.")
-        if not _is_int(batch_size) or batch_size < 1:
+        one_of(precision, "precision", get_args(ExportPrecision))
+        if not is_int(batch_size) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
         size = (
             model.image_size[0] if height is None else height,
             model.image_size[1] if width is None else width,
         )
-        if not all(_is_int(side) and side > 0 and side % PATCH_SIZE == 0 for side in size):
+        if not all(is_int(side) and side > 0 and side % PATCH_SIZE == 0 for side in size):
             raise ConfigError(
                 f"height/width must be positive multiples of the patch size {PATCH_SIZE}, got "
                 f"{size[0]!r} x {size[1]!r}. Leave them out to use the model's image size "
                 f"{tuple(model.image_size)}."
             )
         opset = DEFAULT_OPSET if opset is None else opset
-        if not _is_int(opset) or not DEFAULT_OPSET <= opset <= MAX_OPSET:
+        if not is_int(opset) or not DEFAULT_OPSET <= opset <= MAX_OPSET:
             raise ConfigError(
                 f"opset={opset!r} is not supported; choose {DEFAULT_OPSET}..{MAX_OPSET} "
                 f"(default {DEFAULT_OPSET})."
@@ -163,10 +162,6 @@ class _ExportOptions:
                 )
             )
         return cls(precision, batch_size, (int(size[0]), int(size[1])), opset)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _build_graph(model: ExportableModel, metadata: ExportMetadata) -> torch.nn.Module:
@@ -237,7 +232,7 @@ def _set_metadata(proto: Any, metadata: ExportMetadata) -> None:
 
 def verify_onnx(
     model: ExportableModel,
-    onnx_model: str | os.PathLike[str] | bytes,
+    onnx_model: PathLike | bytes,
     batch_size: int = 1,
 ) -> VerificationReport:
     """Run an exported graph in onnxruntime (CPU) and the model's network in PyTorch (fp32) on

@@ -9,13 +9,13 @@ changed per call and masks come out at each image's own size.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from panoptic_train._types import PathLike
 from panoptic_train.errors import WeightsError, require
 from panoptic_train.export.metadata import INPUT_NAME, LOGIT_OUTPUTS, METADATA_KEY, ExportMetadata
 from panoptic_train.export.predictor import ExportedModelPredictor, to_category_ids
@@ -35,7 +35,7 @@ class OnnxPredictor(ExportedModelPredictor):
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: PathLike,
         providers: Sequence[str] | None = None,
         session_options: Any = None,
     ) -> None:

@@ -9,15 +9,16 @@ carry metadata, so it is written beside the engine as `<engine>.json` (`export.m
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
 from panoptic_train._io import atomic_write, ensure_output_file
+from panoptic_train._types import ExportPrecision, PathLike, is_int
+from panoptic_train._validate import one_of
 from panoptic_train.errors import ConfigError
 from panoptic_train.export._verify import VerificationReport, compare_logits, example_images
 from panoptic_train.export.exportable import ExportableModel
@@ -26,7 +27,6 @@ from panoptic_train.export.metadata import (
     LOGIT_OUTPUTS,
     METADATA_KEY,
     ExportMetadata,
-    Precision,
     sidecar_path,
 )
 from panoptic_train.export.onnx import ExportError, export_onnx
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _EngineOptions:
-    precision: Precision
+    precision: ExportPrecision
     workspace_bytes: int
     min_batch_size: int
     opt_batch_size: int
@@ -52,16 +52,15 @@ class _EngineOptions:
         opt_batch_size: int,
         max_batch_size: int,
     ) -> _EngineOptions:
-        if precision not in ("fp32", "fp16"):
-            raise ConfigError(f"precision={precision!r} is not supported; use 'fp32' or 'fp16'.")
+        one_of(precision, "precision", get_args(ExportPrecision))
         if isinstance(workspace_gb, bool) or not isinstance(workspace_gb, (int, float)):
             raise ConfigError(f"workspace_gb must be a number, got {workspace_gb!r}.")
         if not workspace_gb > 0:
             raise ConfigError(f"workspace_gb must be positive, got {workspace_gb!r}.")
         batches = (min_batch_size, opt_batch_size, max_batch_size)
-        if not all(
-            isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in batches
-        ) or not (min_batch_size <= opt_batch_size <= max_batch_size):
+        if not all(is_int(b) and b >= 1 for b in batches) or not (
+            min_batch_size <= opt_batch_size <= max_batch_size
+        ):
             raise ConfigError(
                 "Batch sizes must be integers with 1 <= min_batch_size <= opt_batch_size <= "
                 f"max_batch_size, got {min_batch_size!r}, {opt_batch_size!r}, {max_batch_size!r}."
@@ -71,8 +70,8 @@ class _EngineOptions:
 
 def export_tensorrt(
     model: ExportableModel,
-    out: str | os.PathLike[str],
-    precision: Precision = "fp32",
+    out: PathLike,
+    precision: ExportPrecision = "fp32",
     workspace_gb: float = 4.0,
     min_batch_size: int = 1,
     opt_batch_size: int = 1,

@@ -8,7 +8,6 @@ dependency anyway), handed to TensorRT by address.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from panoptic_train._types import PathLike
 from panoptic_train.data.transforms import resize_and_pad
 from panoptic_train.errors import ConfigError, PanopticTrainError, WeightsError, require
 from panoptic_train.export.metadata import INPUT_NAME, LOGIT_OUTPUTS, read_sidecar
@@ -116,7 +116,7 @@ class TensorRTPredictor(ExportedModelPredictor):
     capped at the engine's max_batch_size.
     """
 
-    def __init__(self, path: str | os.PathLike[str], device: str | torch.device = "cuda") -> None:
+    def __init__(self, path: PathLike, device: str | torch.device = "cuda") -> None:
         require_tensorrt("Running a TensorRT engine")
         path = Path(path)
         if not path.is_file():

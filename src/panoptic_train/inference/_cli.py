@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
+from panoptic_train._types import InferencePrecision
 from panoptic_train.cli import EXIT_OK, EXIT_SOME_INPUTS_FAILED, positive_int
 from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS
 from panoptic_train.errors import ConfigError
@@ -68,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "leave it out",
     )
     parser.add_argument(
-        "--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="(auto)"
+        "--precision", default="auto", choices=get_args(InferencePrecision), help="(auto)"
     )
     for name, default in (("threshold", 0.8), ("mask-threshold", 0.5), ("overlap-threshold", 0.8)):
         parser.add_argument(

@@ -8,16 +8,16 @@ dataset's category ids is added here.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple, get_args
 
 import torch
 from torch import Tensor
 
-from panoptic_train._validate import positive_int
+from panoptic_train._types import InferencePrecision, PathLike
+from panoptic_train._validate import one_of, positive_int
 from panoptic_train.data.coco import ClassMapping
 from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS
 from panoptic_train.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_and_pad
@@ -28,8 +28,6 @@ from panoptic_train.models.eomt import EoMT
 from panoptic_train.runtime.inputs import ImageInput, is_single_image, to_image_tensor
 from panoptic_train.runtime.model_file import ExportedModel, read_model_dict
 from panoptic_train.runtime.postprocess import PanopticMerge, PostprocessConfig, panoptic_merge
-
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
 
 
 class PreparedImage(NamedTuple):
@@ -66,7 +64,7 @@ class PanopticSegmentationModel:
         image_size: tuple[int, int] | None = None,
         postprocess: PostprocessConfig | None = None,
         device: str | torch.device | None = None,
-        precision: Precision = "auto",
+        precision: InferencePrecision = "auto",
         compile: bool = False,
     ) -> None:
         self.network = network.eval()
@@ -180,7 +178,7 @@ class PanopticSegmentationModel:
             postprocess=self.postprocess,
         )
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: PathLike) -> None:
         """Write an exported-model file that `load_model` reads back."""
         self.to_exported().save(path)
 
@@ -197,12 +195,12 @@ class PanopticSegmentationModel:
 
 
 def load_model(
-    path_or_name: str | os.PathLike[str],
+    path_or_name: PathLike,
     device: str | torch.device | None = None,
     *,
-    precision: Precision = "auto",
+    precision: InferencePrecision = "auto",
     compile: bool = False,
-    weights: str | os.PathLike[str] | None = None,
+    weights: PathLike | None = None,
 ) -> PanopticSegmentationModel:
     """Load an exported model (`exported_*.pt`), a training checkpoint (`.ckpt`) or a
     COCO-fine-tuned registry model (`dinov3/...-eomt-panoptic-coco`) for prediction.
@@ -239,7 +237,7 @@ def load_model(
 
 
 def _load_registry_model(
-    name: str, weights: str | os.PathLike[str] | None, options: dict[str, Any]
+    name: str, weights: PathLike | None, options: dict[str, Any]
 ) -> PanopticSegmentationModel:
     from panoptic_train.models import registry
 
@@ -287,8 +285,4 @@ def _resolve_precision(precision: str, device: torch.device) -> torch.dtype:
         if device.type != "cuda":
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision not in _DTYPES:
-        raise ConfigError(
-            f"Invalid precision {precision!r}; choose one of 'auto', 'fp32', 'fp16', 'bf16'."
-        )
-    return _DTYPES[precision]
+    return _DTYPES[one_of(precision, "precision", get_args(InferencePrecision))]

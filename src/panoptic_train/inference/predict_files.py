@@ -36,6 +36,7 @@ from PIL import Image
 from torch import Tensor
 
 from panoptic_train._io import atomic_open
+from panoptic_train._types import PathLike
 from panoptic_train._validate import positive_int
 from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, write_segment_png
 from panoptic_train.errors import ConfigError, DataError
@@ -61,7 +62,7 @@ class PredictFilesReport:
     predictions_json: Path | None = None
 
 
-def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+def collect_images(inputs: Sequence[PathLike]) -> list[Path]:
     """Image files named directly, plus the images (by extension) inside named folders.
 
     Folders are not searched recursively. Two images with the same file stem would write the
@@ -93,7 +94,7 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return images
 
 
-def image_ids_from_annotations(annotations: str | os.PathLike[str]) -> dict[str, Any]:
+def image_ids_from_annotations(annotations: PathLike) -> dict[str, Any]:
     """File stem -> image id from a COCO JSON's `images`, so predictions match its ground truth."""
     try:
         images = json.loads(Path(annotations).read_text(encoding="utf-8"))["images"]
@@ -108,7 +109,7 @@ def image_ids_from_annotations(annotations: str | os.PathLike[str]) -> dict[str,
 def predict_files(
     model: PanopticSegmentationModel,
     images: Sequence[Path],
-    out: str | os.PathLike[str] | PredictionFolder,
+    out: PathLike | PredictionFolder,
     *,
     overlay: bool = False,
     batch_size: int = 8,

@@ -23,7 +23,6 @@ the end rank 0 collects every rank's lines into predictions.json.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from panoptic_train._io import (
     output_error,
     remove_stale_temp_files,
 )
+from panoptic_train._types import PathLike
 from panoptic_train.errors import ConfigError
 
 PREDICTIONS_JSON = "predictions.json"
@@ -70,7 +70,7 @@ class PredictionFolder:
 
     @classmethod
     def open(
-        cls, out: str | os.PathLike[str], *, overwrite: bool = False, resume: bool = False
+        cls, out: PathLike, *, overwrite: bool = False, resume: bool = False
     ) -> PredictionFolder:
         """Check that `out` can be written and decide what happens to what it holds: refused
         if it holds anything, unless `overwrite` (this tool's files there are removed; others

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch.hub
 
+from panoptic_train._types import PathLike
 from panoptic_train.errors import WeightsError
 from panoptic_train.models.backbones import WeightSource
 
@@ -52,7 +53,7 @@ def fetch(source: WeightSource) -> Path:
     return _download(source.url, target)
 
 
-def resolve_path(location: str | os.PathLike[str]) -> Path:
+def resolve_path(location: PathLike) -> Path:
     """A local file for a path or an http(s) URL (downloaded into the cache once)."""
     text = os.fspath(location)
     if text.startswith(("http://", "https://")):

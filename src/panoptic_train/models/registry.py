@@ -10,10 +10,10 @@ model files) with random weights, which the caller then overwrites with its stat
 from __future__ import annotations
 
 import difflib
-import os
 from dataclasses import dataclass, replace
 from typing import Any
 
+from panoptic_train._types import PathLike
 from panoptic_train.errors import ConfigError
 from panoptic_train.models import weights
 from panoptic_train.models._coco_categories import COCO_PANOPTIC_CLASSES
@@ -165,7 +165,7 @@ def build_eomt(config: EoMTConfig) -> EoMT:
 def create_model(
     name: str,
     num_classes: int,
-    backbone_weights: str | os.PathLike[str] | None = "default",
+    backbone_weights: PathLike | None = "default",
     **model_args: Any,
 ) -> EoMT:
     """Create the EoMT network for a registered model name.

@@ -10,7 +10,6 @@ from its backbone (`convert.looks_like_delta`). Files are read on the CPU with
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from panoptic_train._types import PathLike
 from panoptic_train.errors import WeightsError
 from panoptic_train.models import convert, hub
 from panoptic_train.models.backbones import BACKBONE_LAYOUTS, Layout, WeightSource, get_backbone
@@ -31,7 +31,7 @@ _RESIZABLE = ("class_head.", "queries.", "attn_mask_probs")
 _DERIVED = ("bias_mask", "periods")
 
 
-def load_weights(model: EoMT, location: str | os.PathLike[str]) -> Layout:
+def load_weights(model: EoMT, location: PathLike) -> Layout:
     """Load a backbone or whole-network file the user names (path or URL) into `model`; returns
     the detected layout.
 

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 from PIL import Image
 
+from panoptic_train._types import PathLike
 from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS, check_pixels, decode_image, load_image
 from panoptic_train.errors import ConfigError
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-ImageInput = Union[str, os.PathLike[str], Image.Image, np.ndarray, "Tensor"]
+ImageInput = Union[PathLike, Image.Image, np.ndarray, "Tensor"]
 
 _EXPECTED = (
     "an image path, a PIL image, a numpy (H, W, 3) uint8 array or a torch (3, H, W) tensor "
@@ -57,7 +58,7 @@ def to_image_tensor(image: ImageInput, max_pixels: int = DEFAULT_MAX_IMAGE_PIXEL
 
 
 def to_image_array(
-    image: str | os.PathLike[str] | Image.Image | np.ndarray,
+    image: PathLike | Image.Image | np.ndarray,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
     """One image as an (H, W, 3) uint8 RGB numpy array; no torch involved."""

@@ -18,7 +18,6 @@ same dict under `CHECKPOINT_MODEL_KEY`.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
 import re
 import zipfile
@@ -30,7 +29,7 @@ import torch
 from torch import Tensor
 
 from panoptic_train._io import atomic_torch_save
-from panoptic_train._types import is_int
+from panoptic_train._types import PathLike, is_int
 from panoptic_train._validate import check_format_version, normalization
 from panoptic_train.data.coco import ClassMapping
 from panoptic_train.errors import ConfigError, WeightsError
@@ -116,7 +115,7 @@ class ExportedModel:
             "postprocess": dataclasses.asdict(self.postprocess),
         }
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def save(self, path: PathLike) -> None:
         """Write the file atomically (a crash never leaves a truncated model)."""
         atomic_torch_save(self.to_dict(), path)
 
@@ -220,7 +219,7 @@ def _input_size(values: Sequence[Any]) -> tuple[int, int]:
     return size  # type: ignore[return-value]
 
 
-def read_model_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_model_dict(path: PathLike) -> dict[str, Any]:
     """Load a file with `torch.load(weights_only=True)` and return its exported-model dict.
 
     Accepts an exported-model file or a training checkpoint holding one under
@@ -255,7 +254,7 @@ def read_model_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
     )
 
 
-def verify_checksums(path: str | os.PathLike[str]) -> None:
+def verify_checksums(path: PathLike) -> None:
     """Check the CRC-32 that a `torch.save` zip file stores for each entry: torch.load does not,
     so a flipped bit in the weights would otherwise load silently. Files that are no zip
     (the legacy format, other files) are left to torch.load's own errors."""
@@ -277,7 +276,7 @@ def verify_checksums(path: str | os.PathLike[str]) -> None:
         )
 
 
-def _not_pytorch(path: str | os.PathLike[str], error: Exception) -> WeightsError:
+def _not_pytorch(path: PathLike, error: Exception) -> WeightsError:
     return WeightsError(
         f"'{path}' is not a PyTorch file (torch.load failed with {type(error).__name__}). "
         "Expected an "

@@ -23,6 +23,7 @@ from typing import NamedTuple, TypedDict
 
 import numpy as np
 
+from panoptic_train._types import is_number
 from panoptic_train.errors import ConfigError
 from panoptic_train.runtime._cell_assign import AxisCells, assign_band, assign_by_cells
 from panoptic_train.runtime.array_ops import Array, ArrayOps, array_ops
@@ -51,8 +52,7 @@ class PostprocessConfig:
     def __post_init__(self) -> None:
         for name in ("threshold", "mask_threshold", "overlap_threshold"):
             value = getattr(self, name)
-            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not is_number or not 0 <= value <= 1:
+            if not is_number(value) or not 0 <= value <= 1:
                 raise ConfigError(
                     f"Post-processing {name}={value!r} is invalid: it must be a number in [0, 1] "
                     f"(default {getattr(PostprocessConfig, name)})."

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+from typing import get_args
 
+from panoptic_train._types import InferencePrecision
 from panoptic_train._validate import parse_config
 from panoptic_train.errors import ConfigError
 from panoptic_train.serve.config import ServeConfig
@@ -30,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "fp32", "fp16", "bf16"],
+        choices=get_args(InferencePrecision),
         help="(auto; an ONNX file runs in the precision it was exported with)",
     )
     defaults = ServeConfig()

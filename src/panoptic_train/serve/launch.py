@@ -8,7 +8,6 @@ stall the server).
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from panoptic_train._types import PathLike
 
 _ADDRESS = re.compile(r"^Serving .* at (http://\S+/) ", re.MULTILINE)
 # The server is on this machine: never send its traffic through a proxy from the environment.
@@ -39,10 +40,10 @@ class ServerProcess:
 
 @contextmanager
 def serve_in_subprocess(
-    model: str | os.PathLike[str],
+    model: PathLike,
     options: Sequence[str] = (),
     *,
-    log: str | os.PathLike[str],
+    log: PathLike,
     startup_timeout: float = 120.0,
 ) -> Iterator[ServerProcess]:
     """`panoptic-train serve MODEL --port 0 OPTIONS...` on 127.0.0.1 until the block ends.

@@ -4,19 +4,16 @@ the same; this module adds what `/info` reports and the per-batch call the batch
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from panoptic_train._types import InferencePrecision, PathLike
 from panoptic_train.errors import ConfigError, require
 from panoptic_train.runtime.postprocess import PostprocessConfig
-
-if TYPE_CHECKING:
-    from panoptic_train.inference.model import Precision
 
 
 class Predictor(Protocol):
@@ -71,7 +68,7 @@ class ServedModel:
 
 
 def load_served_model(
-    source: str | os.PathLike[str], device: str | None = None, precision: Precision = "auto"
+    source: PathLike, device: str | None = None, precision: InferencePrecision = "auto"
 ) -> ServedModel:
     """`load_model(source, device, precision=...)`, or `OnnxPredictor` for a `.onnx` file."""
     if Path(source).suffix.lower() == ".onnx":
