@@ -17,7 +17,7 @@ from typing import Any, get_args
 import torch
 
 from panoptic_train._io import atomic_write, ensure_output_file
-from panoptic_train._types import ExportPrecision, PathLike, is_int
+from panoptic_train._types import ExportPrecision, PathLike, is_int, is_number
 from panoptic_train._validate import one_of
 from panoptic_train.errors import ConfigError
 from panoptic_train.export._verify import VerificationReport, compare_logits, example_images
@@ -53,7 +53,7 @@ class _EngineOptions:
         max_batch_size: int,
     ) -> _EngineOptions:
         one_of(precision, "precision", get_args(ExportPrecision))
-        if isinstance(workspace_gb, bool) or not isinstance(workspace_gb, (int, float)):
+        if not is_number(workspace_gb):
             raise ConfigError(f"workspace_gb must be a number, got {workspace_gb!r}.")
         if not workspace_gb > 0:
             raise ConfigError(f"workspace_gb must be positive, got {workspace_gb!r}.")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from panoptic_train._validate import positive_int
 from panoptic_train.errors import ConfigError
 from panoptic_train.models.backbones import get_backbone
 from panoptic_train.models.dinov3 import PATCH_SIZE, DinoV3ViT
@@ -54,9 +55,7 @@ class EoMTConfig:
     def __post_init__(self) -> None:
         depth = get_backbone(self.backbone).arch.depth
         for name in ("num_classes", "num_queries", "num_joint_blocks"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"EoMT {name} must be a positive integer, got {value!r}.")
+            positive_int(getattr(self, name), f"EoMT {name}")
         if self.num_joint_blocks > depth:
             raise ConfigError(
                 f"EoMT num_joint_blocks={self.num_joint_blocks} exceeds the {depth} blocks of "
