@@ -79,17 +79,25 @@ class AxisCells(NamedTuple):
         high = np.minimum(cell_low + 1, n_in - 1)
         arrays = (of_pixel, cell_low, high, run_start[run] + offset, size)
         as_arrays = (ops.asarray(array.astype(np.int64), like) for array in arrays)
-        return cls(*as_arrays, int(size.max()))
+        return cls._make((*as_arrays, int(size.max())))
 
 
 class AxisTaps(Protocol):
     """One axis of the bilinear resampling (`postprocess._LinearTaps`): per output pixel its two
-    grid taps and the weight of the second, and the axis's cells."""
+    grid taps and the weight of the second, and the axis's cells. Read-only, as a NamedTuple's
+    fields are."""
 
-    low: Array
-    high: Array
-    fraction: Array
-    cells: AxisCells
+    @property
+    def low(self) -> Array: ...
+
+    @property
+    def high(self) -> Array: ...
+
+    @property
+    def fraction(self) -> Array: ...
+
+    @property
+    def cells(self) -> AxisCells: ...
 
     def apply(self, ops: ArrayOps, array: Array, axis: int, rows: slice | None = None) -> Array:
         """Interpolate `array` along axis -1 or -2 (optionally only at output `rows`)."""
@@ -201,11 +209,13 @@ class _CellMerge:
         self.cells = rows.cells.size.shape[0] * self.grid_width
         zero = ops.full(self.size, 0, "int64", like=scores)
         self.own_area = self.assigned_area = self.final_area = zero
+        # The undecided cells' (b, i, j, candidates) and the crossed masks' (b, k, i, j).
+        self.undecided: tuple[Array, ...] = ()
+        self.crossed: tuple[Array, ...] = ()
 
         bounds = _Bounds.of(ops, logits, scores, rows.cells, cols.cells, mask_threshold)
         if bounds is None:  # nothing can be decided: every row directly
             self.direct = ops.full(rows.cells.size.shape, True, "bool", like=scores)
-            self.undecided = self.crossed = ()
             return
         self.best = bounds.best
         b, i, j = ops.nonzero(~bounds.decided)

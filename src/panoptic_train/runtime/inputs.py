@@ -10,8 +10,9 @@ runners use; torch is imported only for tensors. Empty images and tensors with N
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 from PIL import Image
@@ -22,6 +23,7 @@ from panoptic_train.errors import ConfigError
 
 if TYPE_CHECKING:
     from torch import Tensor
+    from typing_extensions import TypeIs
 
 ImageInput = Union[PathLike, Image.Image, np.ndarray, "Tensor"]
 
@@ -31,8 +33,11 @@ _EXPECTED = (
 )
 
 
-def is_single_image(value: Any) -> bool:
-    """True for one image, False for a list/tuple of them (how `predict` decides what to return)."""
+def is_single_image(value: ImageInput | Sequence[ImageInput]) -> TypeIs[ImageInput]:
+    """True for one image, False for a list/tuple of them (how `predict` decides what to return).
+
+    A path string is a sequence too, so the test is for list/tuple rather than for a sequence.
+    """
     return not isinstance(value, (list, tuple))
 
 

@@ -95,7 +95,7 @@ class ExportedModel:
             config=network.config,
             state_dict=state,
             classes=classes,
-            image_size=tuple(image_size or network.config.image_size),
+            image_size=image_size or network.config.image_size,
             mean=checked_mean,
             std=checked_std,
             postprocess=postprocess or PostprocessConfig(),
@@ -216,7 +216,7 @@ def _input_size(values: Sequence[Any]) -> tuple[int, int]:
             f"image_size is {list(size)!r}; it needs (height, width), positive multiples of "
             f"{PATCH_SIZE}."
         )
-    return size  # type: ignore[return-value]
+    return size
 
 
 def read_model_dict(path: PathLike) -> dict[str, Any]:

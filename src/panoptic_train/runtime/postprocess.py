@@ -365,25 +365,25 @@ def _merge_in_bands(
             slot_scores=ops.full((batch, 0), 0.0, "float32", like=scores),
         )
     logits = ops.astype(mask_logits, "float32")
-    taps = [
+    rows, cols = (
         _LinearTaps.build(ops, int(n_out), int(resized), int(inp), int(n_in), like=scores)
         for n_out, resized, inp, n_in in zip(
             orig_size, resized_size, input_size, mask_logits.shape[-2:], strict=True
         )
-    ]
+    )
     query_ids = ops.asarray(np.arange(num_queries), like=scores)
     # A query index per pixel: 2 bytes where the queries allow (num_queries is 200 by default).
     index_type = "int16" if num_queries < 2**15 else "int32"
     if keep is None:
         assignment = assign_by_cells(
-            ops, logits, scores, *taps, config.mask_threshold, index_type, max_band_elements
+            ops, logits, scores, rows, cols, config.mask_threshold, index_type, max_band_elements
         )
         own_area, assigned_area, final_area = assignment[:3]
         queries = [assignment.queries[:, r.start * width : r.stop * width] for r in row_bands]
     else:
         bands = [
-            assign_band(ops, logits, scores, *taps, rows, config.mask_threshold, keep)
-            for rows in row_bands
+            assign_band(ops, logits, scores, rows, cols, band, config.mask_threshold, keep)
+            for band in row_bands
         ]
         own_area = sum(band.own_area for band in bands)
         assigned_area = sum(band.assigned_area for band in bands)
