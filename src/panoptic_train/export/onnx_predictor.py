@@ -71,7 +71,7 @@ class OnnxPredictor(ExportedModelPredictor):
             metadata.classes.is_thing,
             input_size=metadata.image_size,
             resized_sizes=[resized for _, resized in prepared],
-            orig_sizes=[array.shape[:2] for array in arrays],
+            orig_sizes=[(array.shape[0], array.shape[1]) for array in arrays],
             config=config,
         )
         return [to_category_ids(prediction, self._category_ids) for prediction in predictions]

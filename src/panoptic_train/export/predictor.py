@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 from panoptic_train._validate import positive_int
 from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS
 from panoptic_train.export.metadata import ExportMetadata
 from panoptic_train.runtime.array_ops import Array, array_ops
-from panoptic_train.runtime.inputs import is_single_image
+from panoptic_train.runtime.inputs import ImageInput, is_single_image
 from panoptic_train.runtime.postprocess import PanopticPrediction, PostprocessConfig
 
 
@@ -41,9 +41,34 @@ class ExportedModelPredictor(ABC):
         self.image_size = metadata.image_size
         self.postprocess = metadata.postprocess
 
+    # A path string is also a sequence, which mypy counts as an overlap; one str is one image.
+    @overload
+    def predict(  # type: ignore[overload-overlap]
+        self,
+        image: ImageInput,
+        *,
+        threshold: float | None = None,
+        mask_threshold: float | None = None,
+        overlap_threshold: float | None = None,
+        batch_size: int = 8,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> dict[str, Array]: ...
+
+    @overload
     def predict(
         self,
-        image: Any,
+        image: Sequence[ImageInput],
+        *,
+        threshold: float | None = None,
+        mask_threshold: float | None = None,
+        overlap_threshold: float | None = None,
+        batch_size: int = 8,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> list[dict[str, Array]]: ...
+
+    def predict(
+        self,
+        image: ImageInput | Sequence[ImageInput],
         *,
         threshold: float | None = None,
         mask_threshold: float | None = None,

@@ -150,7 +150,7 @@ class TensorRTPredictor(ExportedModelPredictor):
             self._thing_flags,
             input_size=metadata.image_size,
             resized_sizes=[resized for _, resized in prepared],
-            orig_sizes=[tuple(tensor.shape[-2:]) for tensor in tensors],
+            orig_sizes=[(tensor.shape[-2], tensor.shape[-1]) for tensor in tensors],
             config=config,
         )
         return [

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, NamedTuple, get_args
+from typing import Any, NamedTuple, get_args, overload
 
 import torch
 from torch import Tensor
@@ -72,7 +72,8 @@ class PanopticSegmentationModel:
         self.model_name = model_name
         self.mean = tuple(mean)
         self.std = tuple(std)
-        self.image_size = tuple(image_size or network.config.image_size)
+        height, width = image_size or network.config.image_size
+        self.image_size = (height, width)
         self.postprocess = postprocess or PostprocessConfig()
         self.classes = dict(zip(class_mapping.class_ids, class_mapping.names, strict=True))
         self.is_thing = dict(zip(class_mapping.class_ids, class_mapping.is_thing, strict=True))
@@ -87,6 +88,31 @@ class PanopticSegmentationModel:
     def precision(self) -> str:
         """What `predict` runs in: "fp32", "fp16" or "bf16" (`load_model`'s "auto" resolved)."""
         return next(name for name, dtype in _DTYPES.items() if dtype == self.dtype)
+
+    # A path string is also a sequence, which mypy counts as an overlap; one str is one image.
+    @overload
+    def predict(  # type: ignore[overload-overlap]
+        self,
+        image: ImageInput,
+        *,
+        threshold: float | None = None,
+        mask_threshold: float | None = None,
+        overlap_threshold: float | None = None,
+        batch_size: int = 8,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> dict[str, Tensor]: ...
+
+    @overload
+    def predict(
+        self,
+        image: Sequence[ImageInput],
+        *,
+        threshold: float | None = None,
+        mask_threshold: float | None = None,
+        overlap_threshold: float | None = None,
+        batch_size: int = 8,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    ) -> list[dict[str, Tensor]]: ...
 
     def predict(
         self,
