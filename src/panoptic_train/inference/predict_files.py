@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,10 +56,10 @@ class PredictFilesReport:
     """What `predict_files` wrote, which inputs it had to skip (path -> reason) and which a
     resumed run found done already."""
 
-    written: list[Path] = field(default_factory=list)
-    skipped: dict[Path, str] = field(default_factory=dict)
-    resumed: list[Path] = field(default_factory=list)
-    predictions_json: Path | None = None
+    written: list[Path]
+    skipped: dict[Path, str]
+    resumed: list[Path]
+    predictions_json: Path
 
 
 def collect_images(inputs: Sequence[PathLike]) -> list[Path]:
@@ -117,8 +117,8 @@ def predict_files(
     overwrite: bool = False,
     resume: bool = False,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    on_progress: Callable[[int], None] | None = None,
-    on_skip: Callable[[Path, str], None] | None = None,
+    on_progress: Callable[[int], object] | None = None,
+    on_skip: Callable[[Path, str], object] | None = None,
     **thresholds: float | None,
 ) -> PredictFilesReport:
     """Predict `images` and write PNGs, `predictions.json` and optional overlays under `out`.
@@ -133,6 +133,7 @@ def predict_files(
     on_progress: told how many more images are done (written, skipped or resumed), e.g. a bar's
         update.
     on_skip: told about each unreadable image, which is skipped rather than aborting the run.
+        What either callback returns is ignored.
     thresholds: `threshold`, `mask_threshold`, `overlap_threshold` overrides for `predict`.
 
     In a torch.distributed job of several processes (torchrun, srun), every rank calls it with
@@ -147,7 +148,9 @@ def predict_files(
         if isinstance(out, PredictionFolder)
         else PredictionFolder.open(out, overwrite=overwrite, resume=resume)
     )
-    report = PredictFilesReport()
+    written: list[Path] = []
+    skipped: dict[Path, str] = {}
+    resumed: list[Path] = []
     batch: list[_Decoded] = []
 
     def progress(count: int) -> None:
@@ -165,7 +168,7 @@ def predict_files(
                 rendered = visualize(original, model.result(merge), model.classes)
                 with atomic_open(folder.overlay_path(image.path)) as handle:
                     handle.write(encode_png(rendered))
-            report.written.append(folder.mask_path(image.path))
+            written.append(folder.mask_path(image.path))
         progress(len(batch))
         batch.clear()
 
@@ -173,7 +176,7 @@ def predict_files(
         for path in folder.share(images, batch_size):
             image_id = _image_id(path, image_ids)
             if folder.is_done(path, image_id, overlay):
-                report.resumed.append(path)
+                resumed.append(path)
                 progress(1)
             else:
                 yield path, image_id
@@ -183,7 +186,7 @@ def predict_files(
         for decoded in _decode_ahead(model, to_predict(), 2 * batch_size, max_image_pixels):
             if isinstance(decoded, tuple):
                 path, error = decoded
-                report.skipped[path] = str(error)
+                skipped[path] = str(error)
                 if on_skip is not None:
                     on_skip(path, str(error))
                 progress(1)
@@ -194,10 +197,10 @@ def predict_files(
                 flush()
         if batch:
             flush()
-        report.predictions_json = folder.finish(model.class_mapping.to_list(), images)
+        predictions_json = folder.finish(model.class_mapping.to_list(), images)
     finally:
         folder.close()
-    return report
+    return PredictFilesReport(written, skipped, resumed, predictions_json)
 
 
 def _image_id(path: Path, image_ids: Mapping[str, Any] | None) -> Any:

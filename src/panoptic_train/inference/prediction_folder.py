@@ -119,12 +119,12 @@ class PredictionFolder:
     def start(self, settings: Mapping[str, Any]) -> None:
         """Begin writing: a resumed run must have the previous run's `settings`, else mixing
         two models' or thresholds' results in one folder is refused."""
-        settings = json.loads(json.dumps(settings))  # as read back from the file
-        if self._previous_settings is not None and self._previous_settings != settings:
+        stored: dict[str, Any] = json.loads(json.dumps(settings))  # as read back from the file
+        if self._previous_settings is not None and self._previous_settings != stored:
             changed = sorted(
                 key
-                for key in set(settings) | set(self._previous_settings)
-                if settings.get(key) != self._previous_settings.get(key)
+                for key in set(stored) | set(self._previous_settings)
+                if stored.get(key) != self._previous_settings.get(key)
             )
             raise ConfigError(
                 f"Cannot resume the predictions in '{self.root}': the run there used other "
@@ -139,7 +139,7 @@ class PredictionFolder:
         if rank == 0:
             # One file with everything done so far; then the other ranks' files can go.
             with atomic_open(path, "w") as handle:
-                for line in ({"settings": settings}, *map(_progress_line, self._done.values())):
+                for line in ({"settings": stored}, *map(_progress_line, self._done.values())):
                     handle.write(json.dumps(line) + "\n")
             for stale in self.root.glob(_RANK_PROGRESS_FILES):
                 stale.unlink(missing_ok=True)
@@ -149,7 +149,7 @@ class PredictionFolder:
             self._progress = path.open("a" if rank == 0 else "w", encoding="utf-8")
         except OSError as error:
             raise output_error(path, error) from error
-        self._settings = settings
+        self._settings = stored
 
     def is_done(self, image: Path, image_id: Any, overlay: bool) -> bool:
         """Whether a previous run already wrote `image` completely, under the same id."""
