@@ -45,6 +45,10 @@ class PanopticGraph(nn.Module):
     Q slots bound the segment count (one query founds at most one segment).
     """
 
+    # Buffers (registered in __init__), so that they follow the graph's device.
+    category_ids: Tensor
+    is_thing: Tensor
+
     def __init__(
         self,
         logits: LogitsGraph,

@@ -123,7 +123,7 @@ class _ExportOptions:
     def validate(
         cls,
         model: ExportableModel,
-        precision: str,
+        precision: ExportPrecision,
         batch_size: int,
         height: int | None,
         width: int | None,
@@ -206,7 +206,7 @@ def _trace(graph: torch.nn.Module, options: _ExportOptions, metadata: ExportMeta
         torch.onnx.export(
             graph,
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # typed as a path; the TorchScript exporter takes files
             dynamo=False,
             input_names=[INPUT_NAME],
             output_names=list(metadata.output_names),

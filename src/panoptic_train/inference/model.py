@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from panoptic_train._types import InferencePrecision, PathLike
-from panoptic_train._validate import one_of, positive_int
+from panoptic_train._validate import normalization, one_of, positive_int
 from panoptic_train.data.coco import ClassMapping
 from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS
 from panoptic_train.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_and_pad
@@ -70,8 +70,7 @@ class PanopticSegmentationModel:
         self.network = network.eval()
         self.class_mapping = class_mapping
         self.model_name = model_name
-        self.mean = tuple(mean)
-        self.std = tuple(std)
+        self.mean, self.std = normalization(mean, std)
         height, width = image_size or network.config.image_size
         self.image_size = (height, width)
         self.postprocess = postprocess or PostprocessConfig()
