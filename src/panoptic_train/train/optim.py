@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from panoptic_train.models.eomt import EoMT
+
 # The EoMT recipe for COCO: 90 000 steps at batch 16 with (2000, 3000) warmup steps.
 REFERENCE_STEPS = 90_000
 REFERENCE_WARMUP_STEPS = (2000, 3000)
@@ -118,7 +120,7 @@ def apply_learning_rates(
 
 
 def build_param_groups(
-    model: nn.Module, *, lr: float, llrd: float, llrd_joint_blocks: float, weight_decay: float
+    model: EoMT, *, lr: float, llrd: float, llrd_joint_blocks: float, weight_decay: float
 ) -> list[dict[str, Any]]:
     """AdamW parameter groups for an EoMT model (see the module docstring for the multipliers).
 
@@ -161,7 +163,7 @@ def build_param_groups(
 
 
 def build_optimizer(
-    model: nn.Module,
+    model: EoMT,
     *,
     lr: float,
     llrd: float,
