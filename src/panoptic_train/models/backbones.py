@@ -97,8 +97,8 @@ def _tiny(name: str) -> WeightSource:
     return WeightSource(
         filename=f"dinov3_{name}.pth",
         unavailable=(
-            "The tiny DINOv3 backbones were pretrained by the reference system's authors and "
-            "are not published as files. Train from a random backbone with "
+            "The tiny DINOv3 backbones (ViT-T) were pretrained by Lightly for LightlyTrain, not "
+            "by Meta, and are not published as files. Train from a random backbone with "
             "backbone_weights=None, or use 'dinov3/vits16-eomt'."
         ),
     )
