@@ -2,7 +2,8 @@
 
 Each subcommand lives beside the code it drives, in a `_cli` module exposing
 `HELP: str`, `add_arguments(parser)` and `run(args) -> int`. Those modules import nothing heavy
-at module level, so `panoptic-train --help` answers instantly.
+at module level, and only the named command's `add_arguments` runs (serve's reads its defaults
+from a pydantic config), so `panoptic-train --help` answers instantly.
 
 Exit codes, the same for every command: 0 done; 1 done, but some inputs failed (reported);
 2 bad arguments or data (one `error:` line, no traceback); 3 an output cannot be written (the
@@ -51,24 +52,29 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """Every command listed, with the arguments of the one `argv` names."""
     parser = argparse.ArgumentParser(
         prog="panoptic-train",
         description="Train, evaluate, run and export EoMT panoptic segmentation models.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The top-level options take no value, so the first other word is the command.
+    command = next((word for word in argv if not word.startswith("-")), None)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(sub)
-        sub.set_defaults(_run=module.run)
+        if name == command:
+            module.add_arguments(sub)
+            sub.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.command_line = list(sys.argv[1:] if argv is None else argv)  # to start more processes
+    command_line = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(command_line).parse_args(command_line)
+    args.command_line = command_line  # to start more processes
     try:
         return int(args._run(args) or EXIT_OK)
     except KeyboardInterrupt:

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, get_args
 
 from panoptic_train._types import InferencePrecision
 from panoptic_train.cli import EXIT_OK, EXIT_SOME_INPUTS_FAILED, positive_int
-from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS
 from panoptic_train.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -18,6 +17,8 @@ HELP = "Predict panoptic segmentations of images (files or folders) into COCO pa
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS  # numpy, PIL
+
     parser.add_argument(
         "model",
         metavar="MODEL",

@@ -8,9 +8,7 @@ import sys
 from typing import get_args
 
 from panoptic_train._types import InferencePrecision
-from panoptic_train._validate import parse_config
 from panoptic_train.errors import ConfigError
-from panoptic_train.serve.config import ServeConfig
 
 HELP = "Serve a model over HTTP: JSON/PNG API with dynamic batching and a page to try it in."
 
@@ -35,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=get_args(InferencePrecision),
         help="(auto; an ONNX file runs in the precision it was exported with)",
     )
+    from panoptic_train.serve.config import ServeConfig  # pydantic: only for this command
+
     defaults = ServeConfig()
     for flag, kind, default, meaning in (
         ("--max-batch", int, defaults.max_batch, "most images run through the model at once"),
@@ -67,7 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from panoptic_train._validate import parse_config
     from panoptic_train.errors import require
+    from panoptic_train.serve.config import ServeConfig
 
     for module in ("fastapi", "uvicorn", "python_multipart"):
         require(module, "serve", "panoptic-train serve")
