@@ -1,9 +1,10 @@
 """`load_model` and the model object it returns: `predict`, class names, export.
 
-`predict` runs the same three steps as validation: `data.transforms.resize_and_pad`, the EoMT
-eval forward pass, the merge of `runtime.postprocess` (`panoptic_merge`, whose row bands let
-`predict_files` stream the maps of huge images); only the mapping from class indices to the
-dataset's category ids is added here.
+`predict` (batching shared with the exported-model runners: `runtime.predict`) runs the same
+three steps as validation: `data.transforms.resize_and_pad`, the EoMT eval forward pass, the
+merge of `runtime.postprocess` (`panoptic_merge`, whose row bands let `predict_files` stream the
+maps of huge images); only the mapping from class indices to the dataset's category ids is
+added here.
 """
 
 from __future__ import annotations
@@ -11,23 +12,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, NamedTuple, get_args, overload
+from typing import Any, NamedTuple, get_args
 
 import torch
 from torch import Tensor
 
 from panoptic_train._types import InferencePrecision, PathLike
-from panoptic_train._validate import normalization, one_of, positive_int
+from panoptic_train._validate import normalization, one_of
 from panoptic_train.data.coco import ClassMapping
-from panoptic_train.data.io import DEFAULT_MAX_IMAGE_PIXELS
 from panoptic_train.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_and_pad
 from panoptic_train.errors import ConfigError, WeightsError
 from panoptic_train.export.onnx import export_onnx
 from panoptic_train.export.tensorrt import export_tensorrt
 from panoptic_train.models.eomt import EoMT
-from panoptic_train.runtime.inputs import ImageInput, is_single_image, to_image_tensor
+from panoptic_train.runtime.inputs import ImageInput, to_image_tensor
 from panoptic_train.runtime.model_file import ExportedModel, read_model_dict
 from panoptic_train.runtime.postprocess import PanopticMerge, PostprocessConfig, panoptic_merge
+from panoptic_train.runtime.predict import BatchPredictor
 
 
 class PreparedImage(NamedTuple):
@@ -42,7 +43,7 @@ class PreparedImage(NamedTuple):
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class PanopticSegmentationModel:
+class PanopticSegmentationModel(BatchPredictor[dict[str, Tensor]]):
     """A trained EoMT with everything needed to turn images into panoptic maps.
 
     Attributes:
@@ -88,64 +89,11 @@ class PanopticSegmentationModel:
         """What `predict` runs in: "fp32", "fp16" or "bf16" (`load_model`'s "auto" resolved)."""
         return next(name for name, dtype in _DTYPES.items() if dtype == self.dtype)
 
-    # A path string is also a sequence, which mypy counts as an overlap; one str is one image.
-    @overload
-    def predict(  # type: ignore[overload-overlap]
-        self,
-        image: ImageInput,
-        *,
-        threshold: float | None = None,
-        mask_threshold: float | None = None,
-        overlap_threshold: float | None = None,
-        batch_size: int = 8,
-        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    ) -> dict[str, Tensor]: ...
-
-    @overload
-    def predict(
-        self,
-        image: Sequence[ImageInput],
-        *,
-        threshold: float | None = None,
-        mask_threshold: float | None = None,
-        overlap_threshold: float | None = None,
-        batch_size: int = 8,
-        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    ) -> list[dict[str, Tensor]]: ...
-
-    def predict(
-        self,
-        image: ImageInput | Sequence[ImageInput],
-        *,
-        threshold: float | None = None,
-        mask_threshold: float | None = None,
-        overlap_threshold: float | None = None,
-        batch_size: int = 8,
-        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        """Panoptic segmentation of one image, or of a list of images (run in batches).
-
-        image: a path, PIL image, numpy (H, W, 3) uint8 array, torch (3, H, W) tensor (uint8, or
-            float in 0..1), or a list/tuple of these.
-        threshold, mask_threshold, overlap_threshold: override `self.postprocess` for this call.
-        max_image_pixels: files and PIL images with more pixels are refused (DataError) before
-            they are decoded.
-
-        Returns per image a dict of CPU tensors:
-            masks: int64 (H, W, 2) at the image's size: (category id, segment id) per pixel;
-                void pixels are -1 in both channels.
-            segment_ids: int64 (S,); scores: float32 (S,); labels: int64 (S,) category ids.
-        """
-        positive_int(batch_size, "predict batch_size")
-        positive_int(max_image_pixels, "predict max_image_pixels")
-        config = self.postprocess.replace(threshold, mask_threshold, overlap_threshold)
-        images = [image] if is_single_image(image) else list(image)
-        results: list[dict[str, Tensor]] = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            prepared = [self.prepare(to_image_tensor(item, max_image_pixels)) for item in chunk]
-            results.extend(self.result(merge) for merge in self.merge(prepared, config))
-        return results[0] if is_single_image(image) else results
+    def _predict_batch(
+        self, images: Sequence[ImageInput], config: PostprocessConfig, max_image_pixels: int
+    ) -> list[dict[str, Tensor]]:
+        prepared = [self.prepare(to_image_tensor(image, max_image_pixels)) for image in images]
+        return [self.result(merge) for merge in self.merge(prepared, config)]
 
     def prepare(self, image: Tensor) -> PreparedImage:
         """One image (`inputs.to_image_tensor`'s layout) as the network takes it, with the sizes
