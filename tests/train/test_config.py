@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 
 from panoptic_train._validate import parse_config
+from panoptic_train.data.coco import ClassMapping
 from panoptic_train.errors import ConfigError
+from panoptic_train.models.registry import create_model
+from panoptic_train.runtime.model_file import ExportedModel
 from panoptic_train.train.api import model_defaults
 from panoptic_train.train.config import LoggerArgs, ModelArgs, SaveCheckpointArgs
 
@@ -70,3 +76,26 @@ def test_auto_steps_and_size_follow_the_published_protocol(
     at 1280 unless transform_args says otherwise."""
     defaults = model_defaults(model)
     assert (defaults.steps, defaults.image_size) == (steps, size)
+
+
+def test_a_model_file_gives_the_size_it_was_trained_at(tmp_path: Path) -> None:
+    """Fine-tuning a file: its stored image_size, the steps of the name it was trained from; a
+    file edited to a size the network cannot take is refused naming the value."""
+    network = create_model(
+        "dinov3/vitt16-eomt", num_classes=2, backbone_weights=None, image_size=(32, 48)
+    )
+    classes = ClassMapping.from_list(
+        [{"id": 1, "name": "a", "isthing": 1}, {"id": 2, "name": "b", "isthing": 0}]
+    )
+    exported = ExportedModel.from_network(
+        network, model_name="dinov3/vitt16-eomt", classes=classes, mean=(0, 0, 0), std=(1, 1, 1)
+    )
+    path = tmp_path / "exported.pt"
+    exported.save(path)
+    defaults = model_defaults(str(path))
+    assert (defaults.steps, defaults.image_size) == (360_000, (32, 48))
+
+    edited = tmp_path / "edited.pt"
+    torch.save({**exported.to_dict(), "image_size": [32, 48, 3]}, edited)
+    with pytest.raises(ConfigError, match=r"image_size is \[32, 48, 3\]"):
+        model_defaults(str(edited))

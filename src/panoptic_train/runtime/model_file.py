@@ -145,7 +145,7 @@ class ExportedModel:
                 config=EoMTConfig.from_dict(dict(data["eomt_config"])),
                 state_dict=dict(data["state_dict"]),
                 classes=ClassMapping.from_list(data["classes"]),
-                image_size=_input_size(data["image_size"]),
+                image_size=checked_image_size(data["image_size"]),
                 mean=mean,
                 std=std,
                 postprocess=PostprocessConfig(**data["postprocess"]),
@@ -206,7 +206,7 @@ class ExportedModel:
         return network.eval()
 
 
-def _input_size(values: Sequence[Any]) -> tuple[int, int]:
+def checked_image_size(values: Sequence[Any]) -> tuple[int, int]:
     """`image_size` of a file: two positive multiples of the patch size (what the network takes)."""
     size = tuple(values)
     if len(size) != 2 or not all(

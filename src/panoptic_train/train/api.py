@@ -174,7 +174,7 @@ def model_defaults(model: str) -> ModelDefaults:
     if registry.is_model_name(model):
         info = registry.get_model_info(model)
         return ModelDefaults(info.default_steps, info.image_size)
-    from panoptic_train.runtime.model_file import read_model_dict
+    from panoptic_train.runtime.model_file import checked_image_size, read_model_dict
 
     stored = read_model_dict(model)
     name = stored.get("model_name")
@@ -183,7 +183,7 @@ def model_defaults(model: str) -> ModelDefaults:
         if isinstance(name, str) and registry.is_model_name(name)
         else registry.get_model_info("dinov3/vitl16-eomt").default_steps
     )
-    return ModelDefaults(steps, tuple(int(side) for side in stored["image_size"]))
+    return ModelDefaults(steps, checked_image_size(stored["image_size"]))
 
 
 def _launch_rank() -> int:
