@@ -302,6 +302,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="OMP threads, same for both")
     parser.add_argument("--model-args", default="{}", help="JSON model_args for our runs only")
     parser.add_argument("--json-out", type=Path, help="write all results as JSON here")
+    parser.add_argument(
+        "--keep", type=Path, help="keep the runs (models, logs, predictions) in this folder"
+    )
     args = parser.parse_args()
     if args.child:
         _child(json.loads(args.child))
@@ -311,7 +314,7 @@ def main() -> None:
         parser.error("--lightly-python is required unless --only ours")
     results: dict[str, dict[int, dict]] = {system: {} for system in systems}
     with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
+        tmp = args.keep or Path(tmp_name)
         data_root = args.data or _default_data(tmp / "data")
         for seed in args.seeds:
             for system in systems:

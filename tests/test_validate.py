@@ -59,10 +59,10 @@ def test_a_check_of_the_whole_dict_names_the_argument() -> None:
 
 
 def test_long_values_are_cut() -> None:
-    assert _message(parse_config, ModelArgs, {"lr": "x" * 200}, "model_args") == (
+    assert _message(parse_config, ModelArgs, {"weight_decay": "x" * 200}, "model_args") == (
         "Invalid model_args:\n"
-        f"  model_args['lr']='{'x' * 76}...: should be a valid number, unable to parse string "
-        "as a number"
+        f"  model_args['weight_decay']='{'x' * 76}...: should be a valid number, unable to "
+        "parse string as a number"
     )
 
 
@@ -99,7 +99,7 @@ def test_a_direct_call_fails_in_the_same_style() -> None:
 
 def test_none_means_the_defaults_and_a_config_passes_through() -> None:
     defaults = parse_config(ModelArgs, None, "model_args")
-    assert defaults == ModelArgs() and defaults.lr == 2e-4
+    assert defaults == ModelArgs() and defaults.lr == "auto"
     assert parse_config(ModelArgs, defaults, "model_args") is defaults
 
 

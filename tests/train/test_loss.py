@@ -183,3 +183,24 @@ def test_point_sampling_matches_grid_sample_values_and_gradients() -> None:
     (grad,) = torch.autograd.grad(sampled.sum(), logits)
     (reference_grad,) = torch.autograd.grad(reference.sum(), logits)
     torch.testing.assert_close(grad, reference_grad)
+
+
+def test_ignored_pixels_are_negatives_when_sampled_over_the_whole_crop() -> None:
+    """One target covering x < 20, the pixels x >= 20 ignored, and query 0 predicting logit 10
+    everywhere. "skip" samples only the target: BCE softplus(-10) = 4.5e-5. "negative" (EoMT)
+    samples the whole crop uniformly (constant logits leave no uncertain points to prefer), so
+    12/32 = 37.5 % of the points are negatives at softplus(10) = 10.00005: BCE 3.75."""
+    class_logits = torch.tensor([[[0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [1.0, 0.0, 0.0]]])
+    mask_logits = torch.full((1, 3, H // 4, W // 4), -10.0)
+    mask_logits[0, 0] = 10.0
+    masks = torch.zeros(1, H, W, dtype=torch.bool)
+    masks[0, :, :20] = True
+    target = {"masks": masks, "labels": torch.tensor([1]), "ignore": ~masks[0]}
+    bce = {}
+    for ignored in (False, True):
+        torch.manual_seed(0)
+        loss = MaskClassificationLoss(num_classes=2, num_points=4000, sample_ignored_pixels=ignored)
+        bce[ignored] = loss([class_logits], [mask_logits], [target]).terms["loss_mask"].item()
+    assert math.isclose(bce[False], _softplus(-10), rel_tol=1e-4)
+    # 4000 points: the share of negatives has a standard deviation of 0.8 %, i.e. 0.08 of BCE.
+    assert abs(bce[True] - 0.375 * _softplus(10)) < 0.3, bce

@@ -100,6 +100,24 @@ def test_lr_is_scaled_by_the_square_root_of_the_batch() -> None:
     assert plan_run(_config(model_args={"lr": 1e-3}), 1, 3, CPU).lr == pytest.approx(1e-3)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, 2e-4),  # the registry's pretrained backbone: EoMT's rate
+        ({"model_args": {"backbone_weights": None}}, 8e-4),  # random backbone: 4x
+        ({"model_args": {"backbone_weights": None}, "batch_size": 4}, 4e-4),  # 8e-4 x sqrt(1/4)
+        ({"model_args": {"backbone_weights": None, "lr": 1e-3}}, 1e-3),  # given: kept
+        # Trained weights from a checkpoint or a model file, whatever backbone_weights says.
+        ({"model_args": {"backbone_weights": None}, "checkpoint": "/runs/a/last.ckpt"}, 2e-4),
+        ({"model_args": {"backbone_weights": None}, "model": "/runs/a/best.pt"}, 2e-4),
+    ],
+)
+def test_auto_lr_is_higher_for_a_random_backbone(
+    overrides: dict[str, Any], expected: float
+) -> None:
+    assert plan_run(_config(**overrides), 1, 3, CPU).lr == pytest.approx(expected)
+
+
 def test_short_runs_get_short_warmups_and_annealing_windows() -> None:
     # (2000, 3000) x 2400 / 90 000 = (53.3, 80); windows: block 0 over the backbone warmup,
     # blocks 1 and 2 over 10/24-14/24 and 16/24-20/24 of 2400 steps.
@@ -189,7 +207,7 @@ def test_model_defaults_fill_only_what_was_not_given() -> None:
 def test_training_arguments_leave_out_what_a_resume_may_change() -> None:
     plan = plan_run(_config(), 1, 3, CPU)
     arguments = training_arguments(_config(), plan)
-    assert arguments["model_args"]["lr"] == 2e-4 and arguments["world_size"] == 1
+    assert arguments["model_args"]["lr"] == "auto" and arguments["world_size"] == 1
     assert json.loads(json.dumps(arguments)) == arguments  # plain JSON values
     changed = _config(
         num_workers=3,

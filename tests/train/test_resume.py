@@ -102,7 +102,7 @@ def test_resumed_run_equals_uninterrupted_run(runs: dict) -> None:
 def test_changed_training_argument_on_resume_is_refused(runs: dict) -> None:
     arguments = {**runs["reference"], "resume_interrupted": True}
     arguments["model_args"] = {**arguments["model_args"], "lr": 1e-3}
-    with pytest.raises(ConfigError, match=r"model_args\.lr: 0\.0002 \(interrupted run\) -> 0\.001"):
+    with pytest.raises(ConfigError, match=r"model_args\.lr: 'auto' \(interrupted run\) -> 0\.001"):
         train_panoptic_segmentation(**arguments)
 
 

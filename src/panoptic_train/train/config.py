@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveFloat, model_validator
 
 from panoptic_train._types import TrainPrecision
 from panoptic_train._validate import StrictConfig
@@ -44,8 +44,12 @@ class ModelArgs(StrictConfig):
     loss_mask_coefficient: float = Field(5.0, ge=0.0)
     loss_dice_coefficient: float = Field(5.0, ge=0.0)
     loss_no_object_coefficient: float = Field(0.1, ge=0.0)
+    # "skip": loss and matcher points avoid void, crowd and padding pixels; "negative": points
+    # over the whole crop, those pixels negatives of every mask (the EoMT code).
+    loss_ignored_pixels: Literal["skip", "negative"] = "skip"
 
-    lr: float = Field(2e-4, gt=0.0)
+    # "auto": 2e-4 (EoMT) for a trained backbone, 8e-4 for a random one (`optim.default_lr`).
+    lr: PositiveFloat | Auto = "auto"
     llrd: float = Field(0.8, gt=0.0, le=1.0)
     llrd_joint_blocks: float = Field(1.0, gt=0.0, le=1.0)
     weight_decay: float = Field(0.05, ge=0.0)

@@ -153,6 +153,7 @@ class Trainer:
             mask_weight=args.loss_mask_coefficient,
             dice_weight=args.loss_dice_coefficient,
             no_object_weight=args.loss_no_object_coefficient,
+            sample_ignored_pixels=args.loss_ignored_pixels == "negative",
         )
         train_loader = build_train_loader(
             datasets.train, config, plan, fabric, progress.samples_seen

@@ -5,7 +5,9 @@ are matched to the target segments (`matcher.HungarianMatcher`), then
     class_weight * CE(class logits, matched label or "no object")      (no-object weight 0.1)
   + mask_weight  * BCE(mask logits, target mask)      on importance-sampled points
   + dice_weight  * dice(mask logits, target mask)     on the same points
-are summed over all predictions. The class term is the no-object-weighted mean over the queries
+are summed over all predictions. The points avoid ignored pixels (void, crowd, padding) unless
+`sample_ignored_pixels`: then they cover the whole crop, those pixels negatives of every mask,
+as in the EoMT code. The class term is the no-object-weighted mean over the queries
 of the global batch, the mask terms are summed over matched pairs and divided by the number of
 target masks of the global batch: on W devices each device's loss is W times its share of the
 global batch's loss, so DDP's gradient average is the one-device gradient of the whole batch.
@@ -65,6 +67,7 @@ class MaskClassificationLoss:
         mask_weight: float = 5.0,
         dice_weight: float = 5.0,
         no_object_weight: float = 0.1,
+        sample_ignored_pixels: bool = False,
     ) -> None:
         self.num_classes = num_classes
         self.num_points = num_points
@@ -74,6 +77,7 @@ class MaskClassificationLoss:
         self.mask_weight = mask_weight
         self.dice_weight = dice_weight
         self.no_object_weight = no_object_weight
+        self.sample_ignored_pixels = sample_ignored_pixels
         self.matcher = HungarianMatcher(
             num_points=num_points,
             class_weight=class_weight,
@@ -101,7 +105,10 @@ class MaskClassificationLoss:
         `all_reduce_sum` (sums a tensor over devices) and `world_size`: the normalisers are
         then the global batch's.
         """
-        valid = [valid_pixels(target["ignore"]) for target in targets]
+        valid = [
+            valid_pixels(target["ignore"], include_ignored=self.sample_ignored_pixels)
+            for target in targets
+        ]
         draws = list(generators) if generators is not None else [None] * len(targets)
         predictions = list(zip(class_logits, mask_logits, strict=True))
         matches = [

@@ -22,8 +22,14 @@ from panoptic_train._types import TrainPrecision
 from panoptic_train.data.coco import ClassMapping
 from panoptic_train.data.transforms import TransformArgs
 from panoptic_train.errors import ConfigError
+from panoptic_train.models import registry
 from panoptic_train.train.config import TrainConfig
-from panoptic_train.train.optim import default_annealing_windows, default_warmup_steps, scaled_lr
+from panoptic_train.train.optim import (
+    default_annealing_windows,
+    default_lr,
+    default_warmup_steps,
+    scaled_lr,
+)
 
 DEFAULT_LOG_EVERY = 20
 DEFAULT_VAL_EVERY = 1000
@@ -200,6 +206,16 @@ class RunPlan:
         }
 
 
+def random_backbone(config: TrainConfig) -> bool:
+    """Whether the run starts from a random backbone: a registry name with
+    `backbone_weights=None` (a `checkpoint` or a model file brings trained weights)."""
+    return (
+        config.checkpoint is None
+        and config.model_args.backbone_weights is None
+        and registry.is_model_name(config.model)
+    )
+
+
 def plan_run(
     config: TrainConfig, world_size: int, num_joint_blocks: int, machine: Machine
 ) -> RunPlan:
@@ -243,7 +259,10 @@ def plan_run(
         gradient_accumulation_steps=accumulation,
         num_workers=resolve_num_workers(config, world_size, machine.cpus),
         precision=resolve_precision(config.precision, machine),
-        lr=scaled_lr(args.lr, config.batch_size),
+        lr=scaled_lr(
+            default_lr(random_backbone(config)) if args.lr == "auto" else args.lr,
+            config.batch_size,
+        ),
         warmup_steps=(warmup[0], warmup[1]),
         annealing_windows=tuple((start, end) for start, end in windows),
         log_every=Interval(log_every, config.steps),

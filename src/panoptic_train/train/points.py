@@ -2,7 +2,8 @@
 
 Masks are compared on a few thousand points instead of every pixel, which keeps the loss cheap at
 high resolution. Points are drawn uniformly over the pixels that carry a label: pixels marked
-`ignore` in the train batch (void, crowd, padding) are never sampled, so they give no gradient.
+`ignore` in the train batch (void, crowd, padding) are never sampled, so they give no gradient
+(unless `valid_pixels(..., include_ignored=True)`: EoMT's sampling over the whole crop).
 
 A point is a pixel (its flat index, used to read the full-resolution target mask exactly) plus a
 uniform position inside that pixel (normalised xy in [0, 1], used to read the 1/4-resolution
@@ -25,8 +26,12 @@ class Points(NamedTuple):
     xy: Tensor
 
 
-def valid_pixels(ignore: Tensor) -> Tensor:
-    """Flat indices of the pixels of an (H, W) `ignore` map that may be sampled."""
+def valid_pixels(ignore: Tensor, *, include_ignored: bool = False) -> Tensor:
+    """Flat indices of the pixels of an (H, W) `ignore` map that may be sampled: the labelled
+    ones, or every pixel with `include_ignored` (EoMT: ignored pixels are then negatives of
+    every mask, since no target mask covers them)."""
+    if include_ignored:
+        return torch.arange(ignore.numel(), device=ignore.device)
     return torch.nonzero(~ignore.flatten()).squeeze(1)
 
 
