@@ -121,7 +121,8 @@ def main() -> None:
     out = ours(images)
     their_masks, their_classes = theirs.forward_train(images, return_logits_per_layer=True)
     inverse = [order.index(i) for i in range(num_classes + 1)]
-    for layer, (a, b) in enumerate(zip(out.mask_logits, their_masks, strict=True)):
+    for layer, (masks, b) in enumerate(zip(out.mask_projections, their_masks, strict=True)):
+        a = masks.logits()
         ca, cb = out.class_logits[layer], their_classes[layer][..., inverse]
         print(
             f"layer {layer}: max |mask logit diff| {(a - b).abs().max():.2e} (scale "
@@ -130,7 +131,7 @@ def main() -> None:
 
     targets = batch["targets"]
     criterion = MaskClassificationLoss(num_classes=num_classes, num_points=args.points)
-    loss = criterion(out.class_logits, out.mask_logits, targets, first_joint_block=8)
+    loss = criterion(out.class_logits, out.mask_projections, targets, first_joint_block=8)
     their_criterion = TheirLoss(
         num_points=args.points,
         oversample_ratio=3.0,

@@ -242,9 +242,9 @@ def fitted_logits() -> tuple[np.ndarray, np.ndarray]:
         for _ in range(15):
             output = network(images)
             loss = sum(
-                torch.nn.functional.binary_cross_entropy_with_logits(masks, targets)
+                torch.nn.functional.binary_cross_entropy_with_logits(masks.logits(), targets)
                 + torch.nn.functional.cross_entropy(classes.flatten(0, 1), labels.flatten())
-                for masks, classes in zip(output.mask_logits, output.class_logits, strict=True)
+                for masks, classes in zip(output.mask_projections, output.class_logits, strict=True)
             )
             optimizer.zero_grad()
             loss.backward()

@@ -28,7 +28,8 @@ def _network(tiny_archs, perturb, setting: bool | str) -> EoMT:
 def _loss(network: EoMT, images: torch.Tensor) -> torch.Tensor:
     output = network(images)
     return sum(
-        masks.square().mean() + classes.mean() for masks, classes in zip(*output[::-1], strict=True)
+        masks.logits().square().mean() + classes.mean()
+        for masks, classes in zip(output.mask_projections, output.class_logits, strict=True)
     )
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from panoptic_train.errors import ConfigError
 from panoptic_train.models import weights
-from panoptic_train.models.eomt import EoMT, EoMTConfig
+from panoptic_train.models.eomt import EoMT, EoMTConfig, _upsample_2x2
 
 transformers = pytest.importorskip("transformers", minversion="5.1")
 
@@ -66,9 +66,10 @@ def test_transformers_eomt_weights_give_identical_logits(
 def test_training_returns_one_prediction_per_joint_block_plus_final(tiny_archs) -> None:
     model = tiny_eomt(joint_blocks=3).train()
     out = model(images(height=48, width=80))
-    assert len(out.class_logits) == len(out.mask_logits) == 4
+    assert len(out.class_logits) == len(out.mask_projections) == 4
+    assert out.mask_logits == []
     assert all(t.shape == (2, 7, 6) for t in out.class_logits)
-    assert all(t.shape == (2, 7, 12, 20) for t in out.mask_logits)
+    assert all(masks.logits().shape == (2, 7, 12, 20) for masks in out.mask_projections)
     assert model.state_dict()["attn_mask_probs"].shape == (3,)
 
 
@@ -77,6 +78,7 @@ def test_eval_returns_only_the_final_prediction(tiny_archs) -> None:
     with torch.no_grad():
         out = model(images(height=48, width=80))
     assert len(out.class_logits) == len(out.mask_logits) == 1
+    assert out.mask_projections == []
     assert out.mask_logits[0].shape == (2, 7, 12, 20)
 
 
@@ -94,7 +96,9 @@ def _patch_gradients(model: EoMT, x: torch.Tensor) -> tuple[torch.Tensor, torch.
     out = model(x)
     handle.remove()
     grid = (x.shape[2] // 16, x.shape[3] // 16)
-    previous = F.interpolate(out.mask_logits[0], size=grid, mode="bilinear", align_corners=False)
+    previous = F.interpolate(
+        out.mask_projections[0].logits(), size=grid, mode="bilinear", align_corners=False
+    )
     excluded = previous.flatten(2) <= 0  # (B, Q, patches)
     queries = model.config.num_queries
     norms = []
@@ -138,7 +142,27 @@ def test_probability_zero_equals_the_unmasked_eval_path(tiny_archs) -> None:
         evaluated = model.eval()(x)
     assert len(trained.class_logits) == 3
     torch.testing.assert_close(trained.class_logits[-1], evaluated.class_logits[0])
-    torch.testing.assert_close(trained.mask_logits[-1], evaluated.mask_logits[0])
+    torch.testing.assert_close(trained.mask_projections[-1].logits(), evaluated.mask_logits[0])
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_upscaler_matmul_equals_the_transposed_convolution(channels_last: bool) -> None:
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(6, 5, 2, 2, generator=generator, requires_grad=True)
+    bias = torch.randn(5, generator=generator, requires_grad=True)
+    x = torch.randn(2, 6, 3, 4, generator=generator)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    upsampled = _upsample_2x2(x, weight, bias)
+    expected = F.conv_transpose2d(x, weight, bias, stride=2)
+    torch.testing.assert_close(upsampled, expected)
+    assert upsampled.is_contiguous(memory_format=torch.channels_last)
+    output_grad = torch.randn(expected.shape, generator=generator)
+    got = torch.autograd.grad(upsampled, (x, weight, bias), output_grad)
+    want = torch.autograd.grad(expected, (x, weight, bias), output_grad)
+    for actual, reference in zip(got, want, strict=True):
+        torch.testing.assert_close(actual, reference)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")

@@ -1,4 +1,5 @@
-"""Mask-classification loss against hand-computed values."""
+"""Mask-classification loss against hand-computed values, and the same loss from the network's
+factored mask logits as from dense ones."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 
 import torch
 
+from panoptic_train.models.eomt import EoMT, EoMTConfig, MaskProjection
 from panoptic_train.train.loss import (
     MaskClassificationLoss,
     dice_loss,
@@ -204,3 +206,59 @@ def test_ignored_pixels_are_negatives_when_sampled_over_the_whole_crop() -> None
     assert math.isclose(bce[False], _softplus(-10), rel_tol=1e-4)
     # 4000 points: the share of negatives has a standard deviation of 0.8 %, i.e. 0.08 of BCE.
     assert abs(bce[True] - 0.375 * _softplus(10)) < 0.3, bce
+
+
+def _rectangles(generator: torch.Generator, count: int, size: int) -> torch.Tensor:
+    masks = torch.zeros(count, size, size, dtype=torch.bool)
+    for mask in masks:
+        top, left = torch.randint(0, size // 2, (2,), generator=generator).tolist()
+        bottom, right = torch.randint(size // 2 + 4, size, (2,), generator=generator).tolist()
+        mask[top:bottom, left:right] = True
+    return masks
+
+
+def test_factored_mask_logits_give_the_dense_loss_and_gradients() -> None:
+    """The network's training output (`MaskProjection`s: only matched rows multiplied out, the
+    matcher's points sampled from the features) gives the loss, its terms and every gradient of
+    the dense (B, Q, h, w) logits, with the same points drawn."""
+    torch.manual_seed(0)
+    config = EoMTConfig("vitt16", num_classes=4, num_queries=9, image_size=(64, 64))
+    network = EoMT(config).train()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # off the init (zero biases, LayerScale 1e-5 would hide mistakes)
+        for param in network.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    images = torch.randn(2, 3, 64, 64, generator=generator)
+    targets = []
+    for count in (3, 1):
+        ignore = torch.zeros(64, 64, dtype=torch.bool)
+        ignore[:, :5] = True
+        masks = _rectangles(generator, count, 64)
+        targets.append({"masks": masks, "labels": torch.arange(count) % 4, "ignore": ignore})
+    output = network(images)
+    assert all(isinstance(masks, MaskProjection) for masks in output.mask_projections)
+    parameters = [p for p in network.parameters() if p.requires_grad]
+    results = []
+    projections = output.mask_projections
+    for mask_logits in (projections, [masks.logits() for masks in projections]):
+        loss = MaskClassificationLoss(num_classes=4, num_points=700)(
+            output.class_logits,
+            mask_logits,
+            targets,
+            generators=[torch.Generator().manual_seed(seed) for seed in (5, 6)],
+        )
+        gradients = torch.autograd.grad(loss.total, parameters, retain_graph=True)
+        results.append((loss, gradients))
+    (factored, factored_grads), (dense, dense_grads) = results
+    torch.testing.assert_close(factored.total, dense.total)
+    torch.testing.assert_close(factored.terms, dense.terms)
+    for actual, expected in zip(factored_grads, dense_grads, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_points_of_a_projection_equal_those_of_its_logits() -> None:
+    gen = torch.Generator().manual_seed(0)
+    masks = MaskProjection(torch.randn(6, 4, generator=gen), torch.randn(4, 7, 9, generator=gen))
+    xy = torch.rand(50, 2, generator=gen)
+    xy[:2] = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    torch.testing.assert_close(shared_logits_at(masks, xy), shared_logits_at(masks.logits(), xy))

@@ -15,6 +15,7 @@ from panoptic_train.train.points import valid_pixels
 def test_pairwise_costs_match_per_pair_formulas() -> None:
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 50, generator=gen) * 3
+    logits[0, :6] = torch.tensor([-200.0, -90.0, -30.0, 30.0, 90.0, 200.0])  # saturated
     targets = (torch.rand(3, 50, generator=gen) > 0.5).float()
     bce, dice = pairwise_mask_costs(logits, targets)
     for q in range(4):

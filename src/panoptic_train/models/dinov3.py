@@ -73,22 +73,25 @@ class RopeEmbedding(nn.Module):
         return torch.sin(angles), torch.cos(angles)
 
 
-def _rotate_half(x: Tensor) -> Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
+def rope_for_tokens(rope: tuple[Tensor, Tensor], num_prefix: int) -> tuple[Tensor, Tensor]:
+    """`apply_rope`'s tables for `num_prefix` tokens followed by the patches of `rope` (sin, cos).
+
+    Patch tokens always come last; CLS, registers and any tokens put in front (EoMT queries)
+    get angle 0, i.e. keep their content. The rotate-half pairing's sign is folded into sin, so
+    that the rotation is a few elementwise ops over all tokens (no slicing of the patches).
+    """
+    sin, cos = rope
+    half = sin.shape[-1] // 2
+    sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+    return F.pad(sin, (0, 0, num_prefix, 0)), F.pad(cos, (0, 0, num_prefix, 0), value=1.0)
 
 
 def apply_rope(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
-    """Rotate the last `sin.shape[0]` tokens of `x` (B, heads, N, head_dim); leave the rest.
-
-    Patch tokens always come last, so CLS, registers and any tokens put in front (EoMT queries)
-    keep their content unrotated. The rotation runs in float32 as in Meta's code.
-    """
-    num_patches = sin.shape[0]
-    prefix = x[:, :, : x.shape[2] - num_patches]
-    patches = x[:, :, x.shape[2] - num_patches :].float()
-    rotated = patches * cos + _rotate_half(patches) * sin
-    return torch.cat((prefix, rotated.to(x.dtype)), dim=2)
+    """Rotate `x` (B, heads, N, head_dim) by the per-token tables (N, head_dim) of
+    `rope_for_tokens`, in float32 as in Meta's code."""
+    rotated = x.float()
+    first, second = rotated.chunk(2, dim=-1)
+    return (rotated * cos + torch.cat((second, first), dim=-1) * sin).to(x.dtype)
 
 
 class KeyMaskedBiasLinear(nn.Linear):
@@ -124,12 +127,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(embed_dim, embed_dim)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], attn_mask: Tensor | None) -> Tensor:
+        """`rope`: (sin, cos) of every token, from `rope_for_tokens`."""
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         q = apply_rope(q, *rope)
         k = apply_rope(k, *rope)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        # A copy of v, not a view: backward then keeps it instead of the whole qkv output.
+        out = F.scaled_dot_product_attention(q, k, v.contiguous(), attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
@@ -183,7 +188,8 @@ class Block(nn.Module):
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor], attn_mask: Tensor | None = None
     ) -> Tensor:
-        """`attn_mask`: None, or bool (B, 1, N, N) with True where attention is allowed."""
+        """`rope`: from `rope_for_tokens`; `attn_mask`: None, or bool (B, 1, N, N) with True where
+        attention is allowed."""
         x = x + self.ls1(self.attn(self.norm1(x), rope, attn_mask))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
@@ -240,13 +246,14 @@ class DinoV3ViT(nn.Module):
         return torch.cat((prefix.expand(batch, -1, -1), patches), dim=1), grid
 
     def rope(self, grid_h: int, grid_w: int) -> tuple[Tensor, Tensor]:
-        """(sin, cos) for a patch grid; rescaled randomly while training."""
+        """(sin, cos) for a patch grid; rescaled randomly while training. The blocks take them
+        extended to the prefix tokens (`rope_for_tokens`)."""
         return self.rope_embed(grid_h, grid_w)
 
     def forward(self, images: Tensor) -> Tensor:
         """Normalised tokens (B, 5 + num_patches, D): CLS, registers, then patches row by row."""
         x, grid = self.prepare_tokens(images)
-        rope = self.rope(*grid)
+        rope = rope_for_tokens(self.rope(*grid), self.num_prefix_tokens)
         for block in self.blocks:
             x = block(x, rope)
         return self.norm(x)

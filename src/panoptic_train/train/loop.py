@@ -331,7 +331,7 @@ class Trainer:
                 output = model(images)
                 loss = state.criterion(
                     output.class_logits,
-                    output.mask_logits,
+                    output.mask_projections,
                     targets,
                     first_joint_block=state.network.first_joint_block,
                     generators=loss_generators(config.seed, batch["positions"], fabric.device),

@@ -11,6 +11,10 @@ as in the EoMT code. The class term is the no-object-weighted mean over the quer
 of the global batch, the mask terms are summed over matched pairs and divided by the number of
 target masks of the global batch: on W devices each device's loss is W times its share of the
 global batch's loss, so DDP's gradient average is the one-device gradient of the whole batch.
+
+The mask logits may come factored (`MaskProjection`, from the network in training mode): then
+only the matched queries' maps are multiplied out, and the matcher projects the features sampled
+at its points; the loss is the same as from the dense logits.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from panoptic_train.models.eomt import MaskProjection
 from panoptic_train.train.matcher import HungarianMatcher
 from panoptic_train.train.points import logits_at, uncertain_points, valid_pixels
 
@@ -41,6 +46,28 @@ def dice_loss(point_logits: Tensor, point_targets: Tensor, num_masks: float) -> 
     numerator = 2 * (probs * targets).sum(1)
     denominator = probs.sum(1) + targets.sum(1)
     return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+
+
+def _per_image(mask_logits: Tensor | MaskProjection) -> list[Tensor | MaskProjection]:
+    """A batch's mask logits image by image; one unbind, so that backward stacks the images'
+    gradients once instead of scattering each into a zero batch. Features are unbound as
+    (h, w, D) pixels: their stacked gradient is then channels-last like the features."""
+    if isinstance(mask_logits, MaskProjection):
+        pixels = mask_logits.features.permute(0, 2, 3, 1).unbind(0)
+        parts = zip(mask_logits.embeddings.unbind(0), pixels, strict=True)
+        return [MaskProjection(embeddings, image.permute(2, 0, 1)) for embeddings, image in parts]
+    return list(mask_logits.unbind(0))
+
+
+def _rows(masks: Tensor | MaskProjection, queries: Tensor) -> Tensor:
+    """The dense mask logits (N, h, w) of one image's `queries`."""
+    if isinstance(masks, MaskProjection):
+        # (h * w, D) @ (D, N) viewed as (N, h, w): the features' gradient then comes out
+        # channels-last like the features, with no transposing copy in backward.
+        pixels = masks.features.flatten(1).T
+        rows = pixels @ masks.embeddings[queries].T
+        return rows.T.unflatten(1, masks.features.shape[-2:])
+    return masks[queries]
 
 
 @dataclass(frozen=True)
@@ -88,7 +115,7 @@ class MaskClassificationLoss:
     def __call__(
         self,
         class_logits: Sequence[Tensor],
-        mask_logits: Sequence[Tensor],
+        mask_logits: Sequence[Tensor | MaskProjection],
         targets: Sequence[Mapping[str, Tensor]],
         *,
         first_joint_block: int = 0,
@@ -96,7 +123,8 @@ class MaskClassificationLoss:
         all_reduce_sum: Callable[[Tensor], Tensor] | None = None,
         world_size: int = 1,
     ) -> LossOutput:
-        """Loss over all predictions (class_logits[i] (B, Q, C+1), mask_logits[i] (B, Q, h, w)).
+        """Loss over all predictions (class_logits[i] (B, Q, C+1), mask_logits[i] (B, Q, h, w)
+        or its `MaskProjection`).
 
         `targets` are the train batch's per-image dicts (`masks`, `labels`, `ignore`); the
         intermediate predictions are named after their joint block, counted from
@@ -110,7 +138,7 @@ class MaskClassificationLoss:
             for target in targets
         ]
         draws = list(generators) if generators is not None else [None] * len(targets)
-        predictions = list(zip(class_logits, mask_logits, strict=True))
+        predictions = list(zip(class_logits, map(_per_image, mask_logits), strict=True))
         matches = [
             self._match(layer_class, layer_mask, targets, valid, draws)
             for layer_class, layer_mask in predictions
@@ -148,15 +176,16 @@ class MaskClassificationLoss:
     def _match(
         self,
         class_logits: Tensor,
-        mask_logits: Tensor,
+        mask_logits: Sequence[Tensor | MaskProjection],
         targets: Sequence[Mapping[str, Tensor]],
         valid: Sequence[Tensor],
         generators: Sequence[torch.Generator | None],
     ) -> list[tuple[Tensor, Tensor]]:
-        """(query indices, target indices) per image for one prediction."""
+        """(query indices, target indices) per image for one prediction (mask logits per
+        image)."""
         matches = []
-        for image, (target, pixels, generator) in enumerate(
-            zip(targets, valid, generators, strict=True)
+        for image, (masks, target, pixels, generator) in enumerate(
+            zip(mask_logits, targets, valid, generators, strict=True)
         ):
             if len(pixels) == 0:
                 # Every pixel is ignored: nothing to supervise but "no object".
@@ -166,7 +195,7 @@ class MaskClassificationLoss:
             matches.append(
                 self.matcher.match_image(
                     class_logits[image],
-                    mask_logits[image],
+                    masks,
                     target["masks"],
                     target["labels"],
                     pixels,
@@ -202,7 +231,7 @@ class MaskClassificationLoss:
     def _single(
         self,
         class_logits: Tensor,
-        mask_logits: Tensor,
+        mask_logits: Sequence[Tensor | MaskProjection],
         targets: Sequence[Mapping[str, Tensor]],
         valid: Sequence[Tensor],
         generators: Sequence[torch.Generator | None],
@@ -210,7 +239,7 @@ class MaskClassificationLoss:
         num_masks: float,
         class_total: float,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Class, mask BCE and dice losses of one prediction."""
+        """Class, mask BCE and dice losses of one prediction (mask logits per image)."""
         batch, num_queries = class_logits.shape[:2]
         target_classes = torch.full(
             (batch, num_queries), self.num_classes, dtype=torch.long, device=class_logits.device
@@ -223,7 +252,7 @@ class MaskClassificationLoss:
             masks = target["masks"]
             target_classes[image, queries] = target["labels"][indices]
             height, width = masks.shape[-2:]
-            matched_logits = mask_logits[image, queries]
+            matched_logits = _rows(mask_logits[image], queries)
             points = uncertain_points(
                 matched_logits,
                 valid[image],
@@ -258,5 +287,6 @@ class MaskClassificationLoss:
             loss_dice = dice_loss(all_logits, all_targets, num_masks)
         else:
             # Keep the mask head in the graph (zero gradient) so DDP sees every parameter used.
-            loss_mask = loss_dice = mask_logits.float().sum() * 0.0
+            none = torch.zeros(0, dtype=torch.long, device=class_logits.device)
+            loss_mask = loss_dice = _rows(mask_logits[0], none).float().sum() * 0.0
         return loss_class, loss_mask, loss_dice

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from panoptic_train.models.eomt import MaskProjection
 from panoptic_train.train.points import random_points, shared_logits_at
 
 # Finite stand-in for NaN/inf costs: matching still completes, the loss then carries the NaN and
@@ -31,7 +32,10 @@ def pairwise_mask_costs(point_logits: Tensor, point_targets: Tensor) -> tuple[Te
     num_points = logits.shape[1]
     # BCE(x, 1) = softplus(-x) and BCE(x, 0) = softplus(x) = softplus(-x) + x, so the sum over
     # points of all pairs is rowsum(softplus(-x)) + x @ (1 - t)^T: one softplus, one matmul.
-    bce = (F.softplus(-logits).sum(-1, keepdim=True) + logits @ (1 - targets).T) / num_points
+    # softplus(-x) = relu(-x) + log(1 + exp(-|x|)), in ops the CPU vectorises (softplus and
+    # log1p are not: 1.6x slower).
+    softplus = F.relu(-logits) + torch.log(1 + torch.exp(-logits.abs()))
+    bce = (softplus.sum(-1, keepdim=True) + logits @ (1 - targets).T) / num_points
     probs = logits.sigmoid()
     numerator = 2 * probs @ targets.T
     denominator = probs.sum(-1)[:, None] + targets.sum(-1)[None, :]
@@ -69,7 +73,7 @@ class HungarianMatcher:
     def match_image(
         self,
         class_logits: Tensor,
-        mask_logits: Tensor,
+        mask_logits: Tensor | MaskProjection,
         masks: Tensor,
         labels: Tensor,
         valid: Tensor,
@@ -77,9 +81,10 @@ class HungarianMatcher:
     ) -> tuple[Tensor, Tensor]:
         """Matched (query indices, target indices) of one image, both int64 on the logits' device.
 
-        class_logits (Q, C+1), mask_logits (Q, h, w), masks bool (N, H, W), labels (N,), valid
-        flat indices of the pixels that may be sampled (see `points.valid_pixels`); the points
-        are drawn from `generator` (torch's global one when None).
+        class_logits (Q, C+1), mask_logits (Q, h, w) or their `MaskProjection`, masks bool
+        (N, H, W), labels (N,), valid flat indices of the pixels that may be sampled (see
+        `points.valid_pixels`); the points are drawn from `generator` (torch's global one when
+        None).
         """
         device = class_logits.device
         if len(labels) == 0:

@@ -18,6 +18,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from panoptic_train.models.eomt import MaskProjection
+
 
 class Points(NamedTuple):
     """Sampled points: flat pixel indices `pixels` (*shape), normalised `xy` (*shape, 2)."""
@@ -94,8 +96,17 @@ def logits_at(logits: Tensor, xy: Tensor) -> Tensor:
     return _bilinear_taps(xy, *logits.shape[-2:]).interpolate(lambda index: flat.gather(1, index))
 
 
-def shared_logits_at(logits: Tensor, xy: Tensor) -> Tensor:
-    """Samples of all masks (M, h, w) at the same points xy (P, 2) -> (M, P)."""
+def shared_logits_at(logits: Tensor | MaskProjection, xy: Tensor) -> Tensor:
+    """Samples of all masks (M, h, w) at the same points xy (P, 2) -> (M, P). Of a projection
+    (embeddings (M, D), features (D, h, w)) the features are sampled and then projected: M * D
+    multiply-adds per point instead of the M * D per pixel of its dense logits."""
+    if isinstance(logits, MaskProjection):
+        features = logits.features.float()
+        pixels = features.flatten(1).T  # (h * w, D): a view of channels-last features
+        sampled = _bilinear_taps(xy, *features.shape[-2:]).interpolate(
+            lambda index: pixels.index_select(0, index).T
+        )
+        return logits.embeddings.float() @ sampled
     flat = logits.float().flatten(1)
     return _bilinear_taps(xy, *logits.shape[-2:]).interpolate(
         lambda index: flat.index_select(1, index)
