@@ -33,7 +33,7 @@ class ModelArgs(StrictConfig):
     backbone_weights: str | None = "default"
     num_queries: int | Auto = Field("auto")
     num_joint_blocks: int | Auto = Field("auto")
-    # Recompute the upscaler and mask projections in backward; "auto": when their activations
+    # Recompute the upscaler in backward; "auto": when its activations
     # would take over a quarter of the device's available memory (`models.eomt.EoMT`).
     activation_checkpointing: bool | Auto = "auto"
 
