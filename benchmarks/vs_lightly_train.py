@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _child import report, run_child
 from PIL import Image
 
 SYSTEMS = ("ours", "lightly")
@@ -146,7 +146,7 @@ def _child(spec: dict[str, Any]) -> None:
         seconds = time.perf_counter() - started
         model = panoptic_train.load_model(out / "run/exported_models/exported_best.pt")
     _predict_to_files(model, data_root / "annotations/val.json", data_root / "images/val", out)
-    print("RESULT " + json.dumps({"seconds_per_step": seconds / settings["steps"]}))
+    report({"seconds_per_step": seconds / settings["steps"]})
 
 
 def _val_curve(system: str, run: Path, steps: int) -> list[tuple[int, float]]:
@@ -226,20 +226,7 @@ def _run(system: str, seed: int, args: argparse.Namespace, data_root: Path, tmp:
         "model_args": json.loads(args.model_args) if system == "ours" else {},
     }
     python = args.lightly_python if system == "lightly" else sys.executable
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "LIGHTLY_TRAIN_EVENTS_DISABLED": "1"}
-    completed = subprocess.run(
-        [python, __file__, "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-    if completed.returncode != 0 or not lines:
-        sys.exit(
-            f"{system} seed {seed} failed:\n{completed.stdout[-3000:]}{completed.stderr[-5000:]}"
-        )
-    result = json.loads(lines[-1][len("RESULT ") :])
+    result = run_child(python, __file__, spec, args.threads, f"{system} seed {seed}")
     result["curve"] = _val_curve(system, out / "run", args.steps)
     result["scores"] = _score(data_root, out)
     return result

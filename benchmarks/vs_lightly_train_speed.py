@@ -40,13 +40,14 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from _child import report, run_child
 
 SYSTEMS = ("ours", "lightly")
 ROWS = ("train", "predict", "onnx", "merge")
@@ -368,7 +369,7 @@ def _child(spec: dict[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    print("RESULT " + json.dumps(_KINDS[spec["kind"]](spec)), flush=True)
+    report(_KINDS[spec["kind"]](spec))
 
 
 # ---------------------------------------------------------------- the parent
@@ -399,24 +400,7 @@ class _Runner:
             **spec,
         }
         python = self.args.lightly_python if system == "lightly" else sys.executable
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": str(self.args.threads),
-            "LIGHTLY_TRAIN_EVENTS_DISABLED": "1",
-        }
-        completed = subprocess.run(
-            [python, __file__, "--child", json.dumps(spec)],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-        )
-        lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-        if completed.returncode != 0 or not lines:
-            sys.exit(
-                f"{kind} ({system}) failed:\n{completed.stdout[-3000:]}{completed.stderr[-6000:]}"
-            )
-        result = json.loads(lines[-1][len("RESULT ") :])
+        result = run_child(python, __file__, spec, self.args.threads, f"{kind} ({system})")
         print(f"  {kind:8s} {system:8s} {json.dumps(result)}", flush=True)
         return result
 
