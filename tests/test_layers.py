@@ -7,7 +7,8 @@ use everything below it. The package's `__init__` (the lazy public API) is the p
 
 The layers, lowest first; a part imports from its own layer and the layers below, never above:
 
-    core                    errors, _types, _version, _io, _validate, _lazy, _distributed
+    core                    errors, _types, _version, _io, _validate, _lazy, _distributed,
+                            _host_memory
     data and models         data, models
     evaluation and runtime  evaluation, runtime
     export                  export
@@ -44,7 +45,18 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "core",
-        frozenset({"errors", "_types", "_version", "_io", "_validate", "_lazy", "_distributed"}),
+        frozenset(
+            {
+                "errors",
+                "_types",
+                "_version",
+                "_io",
+                "_validate",
+                "_lazy",
+                "_distributed",
+                "_host_memory",
+            }
+        ),
     ),
     ("data and models", frozenset({"data", "models"})),
     ("evaluation and runtime", frozenset({"evaluation", "runtime"})),

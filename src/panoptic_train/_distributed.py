@@ -48,7 +48,7 @@ def launched() -> Launch | None:
         world_size, per_node, rank, local_rank = (int(os.environ[name]) for name in variables)
     elif "SLURM_NTASKS" in os.environ:
         # Lightning's reading of srun's variables (imported only here: it takes seconds).
-        from lightning.fabric.plugins.environments import SLURMEnvironment
+        from lightning_fabric.plugins.environments import SLURMEnvironment
 
         if not SLURMEnvironment.detect():
             return None

@@ -1,6 +1,7 @@
 """Activation checkpointing of the upscaler and mask projections: the same gradients, the
-activations it saves (measured with saved-tensor hooks against `checkpointed_bytes`), and the
-"auto" rule; `model_args` carries the setting to the network."""
+activations it saves (measured with saved-tensor hooks against `checkpointed_bytes`, and for the
+upscale blocks' tails against a hand count), and the "auto" rule; `model_args` carries the
+setting to the network."""
 
 from __future__ import annotations
 
@@ -47,15 +48,17 @@ def _saved_bytes(network: EoMT, images: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-def test_checkpointing_gives_the_same_gradients(tiny_archs, perturb) -> None:
+def test_checkpointing_gives_the_same_gradients(tiny_archs, perturb, monkeypatch) -> None:
+    monkeypatch.setattr(eomt, "_available_memory", lambda device: 10**12)  # "auto": tails only
     images = torch.randn(2, 3, *IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
     gradients = []
-    for setting in (False, True):
+    for setting in (False, True, "auto"):
         network = _network(tiny_archs, perturb, setting)
         _loss(network, images).backward()
         gradients.append({name: p.grad for name, p in network.named_parameters()})
-    for name, expected in gradients[0].items():
-        torch.testing.assert_close(gradients[1][name], expected, rtol=1e-5, atol=1e-7)
+    for recomputed in gradients[1:]:
+        for name, expected in gradients[0].items():
+            torch.testing.assert_close(recomputed[name], expected, rtol=1e-5, atol=1e-7)
 
 
 def test_checkpointing_frees_the_estimated_activations(tiny_archs, perturb) -> None:
@@ -64,6 +67,25 @@ def test_checkpointing_frees_the_estimated_activations(tiny_archs, perturb) -> N
     checkpointed = _saved_bytes(_network(tiny_archs, perturb, True), images)
     estimate = checkpointed_bytes(_network(tiny_archs, perturb, False), 2, IMAGE_SIZE)
     assert kept - checkpointed == pytest.approx(estimate, rel=0.1)
+
+
+def test_auto_recomputes_the_upscale_tails_two_maps_per_block(
+    tiny_archs, perturb, monkeypatch
+) -> None:
+    monkeypatch.setattr(eomt, "_available_memory", lambda device: 10**12)
+    images = torch.randn(2, 3, *IMAGE_SIZE)
+    kept = _saved_bytes(_network(tiny_archs, perturb, False), images)
+    network = _network(tiny_archs, perturb, "auto")
+    tails = _saved_bytes(network, images)
+    # Per prediction and upscale block, GELU's output and the depthwise conv's output are no
+    # longer kept, nor LayerNorm's mean and 1/std per pixel: two (2, D, h, w) float maps and two
+    # (2, h, w) at 8x12 and at 16x24 (the 64x96 input at 1/8 and 1/4). Autograd's saved
+    # references to the two blocks' depthwise and LayerNorm parameters go too (held once).
+    predictions = network.config.num_joint_blocks + 1
+    dim = network.backbone.embed_dim
+    pixels = 2 * (8 * 12 + 16 * 24)
+    parameters = 2 * (dim * 3 * 3 + 2 * dim)
+    assert kept - tails == 4 * (predictions * (2 * dim + 2) * pixels + parameters)
 
 
 @pytest.mark.parametrize(("available", "expected"), [(10**12, False), (10**6, True), (None, False)])

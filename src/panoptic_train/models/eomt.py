@@ -35,6 +35,10 @@ CHECKPOINT_MEMORY_SHARE = 0.25
 
 logger = logging.getLogger(__name__)
 
+# What a training forward's backward recomputes instead of keeping: nothing, the elementwise
+# tail of every upscale block (GELU, depthwise conv, LayerNorm), or the whole upscaler.
+Recompute = Literal["nothing", "tails", "upscaler"]
+
 
 @dataclass(frozen=True)
 class EoMTConfig:
@@ -147,11 +151,19 @@ class UpscaleBlock(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=False)
         self.norm = LayerNorm2d(dim, eps=1e-6)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, recompute_tail: bool = False) -> Tensor:
+        """recompute_tail: keep only the transposed convolution's output for backward and
+        recompute GELU, depthwise conv and LayerNorm there (two of its three full-resolution maps
+        fewer for a few elementwise passes)."""
         if torch.onnx.is_in_onnx_export():
             upsampled = self.deconv(x)
         else:
             upsampled = _upsample_2x2(x, self.deconv.weight, self.deconv.bias)
+        if recompute_tail:
+            return checkpoint(self._tail, upsampled, use_reentrant=False)
+        return self._tail(upsampled)
+
+    def _tail(self, upsampled: Tensor) -> Tensor:
         return self.norm(self.dwconv(F.gelu(upsampled)))
 
 
@@ -185,12 +197,14 @@ class MaskMLP(nn.Module):
 class EoMT(nn.Module):
     """EoMT network: `forward(images) -> EoMTOutput` (see the module docstring).
 
-    activation_checkpointing: in training, recompute the upscaler in the backward pass
-        instead of keeping its activations (`checkpointed_bytes`: 0.59 GiB for ViT-T at
-        640x640, batch 2; peak RSS -0.42 GiB) for about 10 % more step time. True, False, or
-        "auto": on when those activations would take more than CHECKPOINT_MEMORY_SHARE of the memory
-        available on the device at the first training step (free CUDA memory, or the host's
-        available memory), decided once.
+    activation_checkpointing: what of the upscaler the training backward recomputes instead
+        of keeping. "auto" (the default): the elementwise tail of each upscale block (GELU,
+        depthwise conv, LayerNorm: two of its three full-resolution maps, −0.25 GiB for ViT-T at
+        640x640, batch 2, for a few elementwise passes), and the whole upscaler when its
+        activations (`checkpointed_bytes`) would take more than CHECKPOINT_MEMORY_SHARE of the
+        memory available on the device at the first training step (free CUDA memory, or the
+        host's available memory), decided once. True: always the whole upscaler (0.59 GiB for
+        ViT-T at 640x640, batch 2, for about 10 % more step time). False: nothing.
     """
 
     attn_mask_probs: Tensor
@@ -224,7 +238,7 @@ class EoMT(nn.Module):
         rope = rope_for_tokens(patch_rope, backbone.num_prefix_tokens)
         # Read the schedule once per step (one host sync) rather than once per block.
         probs = self.attn_mask_probs.tolist() if self.training else []
-        recompute = self.training and torch.is_grad_enabled() and self._checkpointing(images)
+        recompute = self._recompute(images)
         class_logits: list[Tensor] = []
         masks: list[MaskProjection] = []
         for index, block in enumerate(backbone.blocks):
@@ -249,25 +263,35 @@ class EoMT(nn.Module):
         return EoMTOutput(class_logits, [mask.logits() for mask in masks], mask_projections=[])
 
     def _predict(
-        self, x: Tensor, grid: tuple[int, int], recompute: bool = False
+        self, x: Tensor, grid: tuple[int, int], recompute: Recompute = "nothing"
     ) -> tuple[Tensor, MaskProjection]:
         """Class logits (B, Q, C+1) and the mask projection (features at 4*gh x 4*gw) from
-        normalised tokens; recompute: the upscaler's activations are recomputed in backward
-        (checkpointing)."""
+        normalised tokens; `recompute`: what of the upscaler backward recomputes."""
         num_queries = self.config.num_queries
         queries = x[:, :num_queries]
         patches = x[:, num_queries + self.backbone.num_prefix_tokens :]
-        if recompute:
+        if recompute == "upscaler":
             features = checkpoint(self._pixel_features, patches, grid, use_reentrant=False)
         else:
-            features = self._pixel_features(patches, grid)
+            features = self._pixel_features(patches, grid, recompute_tails=recompute == "tails")
         return self.class_head(queries), MaskProjection(self.mask_head(queries), features)
 
-    def _pixel_features(self, patches: Tensor, grid: tuple[int, int]) -> Tensor:
+    def _pixel_features(
+        self, patches: Tensor, grid: tuple[int, int], recompute_tails: bool = False
+    ) -> Tensor:
         # (B, gh, gw, D) viewed as (B, D, gh, gw) is a channels-last map without a copy; the
         # depthwise convolutions of the upscaler run several times faster in that layout.
         features = patches.unflatten(1, grid).permute(0, 3, 1, 2)
-        return self.upscale(features.contiguous(memory_format=torch.channels_last))
+        features = features.contiguous(memory_format=torch.channels_last)
+        for block in self.upscale:
+            features = block(features, recompute_tail=recompute_tails)
+        return features
+
+    def _recompute(self, images: Tensor) -> Recompute:
+        """What this forward's backward recomputes (see `activation_checkpointing`)."""
+        if not (self.training and torch.is_grad_enabled()) or not self.activation_checkpointing:
+            return "nothing"
+        return "upscaler" if self._checkpointing(images) else "tails"
 
     def _checkpointing(self, images: Tensor) -> bool:
         """Whether this training forward checkpoints (see `activation_checkpointing`)."""
@@ -280,7 +304,7 @@ class EoMT(nn.Module):
                 available is not None and needed > CHECKPOINT_MEMORY_SHARE * available
             )
             logger.info(
-                "Activation checkpointing %s: the upscaler keeps ~%.2f GiB "
+                "Activation checkpointing of the whole upscaler %s: it keeps ~%.2f GiB "
                 "per step, %s GiB available.",
                 "on" if self._checkpoint_decision else "off",
                 needed / 2**30,

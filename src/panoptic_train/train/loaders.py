@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.fabric import Fabric
+from lightning_fabric import Fabric
 from torch.utils.data import DataLoader, Subset
 
 from panoptic_train.data.dataset import PanopticTrainDataset, PanopticValDataset, collate_val

@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader
 
+from panoptic_train._host_memory import tune_for_tensors
 from panoptic_train._io import atomic_write_json
 from panoptic_train.data.coco import ClassMapping
 from panoptic_train.data.dataset import build_datasets
@@ -62,7 +63,7 @@ from panoptic_train.train.strategy import build_fabric
 from panoptic_train.train.validate import evaluate_network, metrics_to_log
 
 if TYPE_CHECKING:
-    from lightning.fabric.wrappers import _FabricModule, _FabricOptimizer
+    from lightning_fabric.wrappers import _FabricModule, _FabricOptimizer
 
 _log = logging.getLogger(LOGGER_NAME)
 
@@ -110,6 +111,8 @@ class Trainer:
     def fit(self) -> None:
         fabric = self.fabric
         fabric.launch()
+        if fabric.device.type == "cpu":
+            tune_for_tensors()
         rank_zero = fabric.is_global_zero
         with run_logging(self.paths.log_file if rank_zero else None, console=rank_zero):
             state = self._setup()

@@ -6,8 +6,8 @@ import warnings
 from typing import cast
 
 import torch
-from lightning.fabric import Fabric
-from lightning.fabric.strategies import ModelParallelStrategy
+from lightning_fabric import Fabric
+from lightning_fabric.strategies import ModelParallelStrategy
 from torch.distributed.device_mesh import DeviceMesh
 
 from panoptic_train.models.eomt import EoMT
