@@ -34,17 +34,22 @@ print(json.dumps({"applied": applied, "faults": faults() - before}))
 """
 
 
-def _probe(mode: str, **env: str) -> dict[str, object]:
+def _run(program: str, *args: str, **env: str) -> str:
+    """stdout of `program` in a fresh Python without any malloc setting of this process's."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     environment.pop(_host_memory.ENV_VAR, None)
     result = subprocess.run(
-        [sys.executable, "-c", _PROBE, mode],
+        [sys.executable, "-c", program, *args],
         env={**environment, **env},
         capture_output=True,
         text=True,
         check=True,
     )
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+    return result.stdout.strip().splitlines()[-1]
+
+
+def _probe(mode: str, **env: str) -> dict[str, object]:
+    return dict(json.loads(_run(_PROBE, mode, **env)))
 
 
 @glibc_only
@@ -68,3 +73,19 @@ def test_bad_allocator_setting_is_refused_by_name(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv(_host_memory.ENV_VAR, "jemalloc")
     with pytest.raises(ValueError, match="PANOPTIC_TRAIN_HOST_ALLOCATOR='jemalloc'"):
         _host_memory.tune_for_tensors()
+
+
+@glibc_only
+def test_cpu_inference_model_tunes_the_allocator() -> None:
+    probe = """
+import torch
+from panoptic_train import _host_memory
+from panoptic_train.data.coco import ClassMapping
+from panoptic_train.inference.model import PanopticSegmentationModel
+from panoptic_train.models.registry import create_model
+classes = ClassMapping(class_ids=(1, 2), names=("a", "b"), is_thing=(True, False))
+network = create_model("dinov3/vitt16-eomt", 2, backbone_weights=None, num_queries=4)
+PanopticSegmentationModel(network, classes, model_name="m", device="cpu")
+print(_host_memory._applied)
+"""
+    assert _run(probe) == "True"

@@ -1,14 +1,15 @@
 """glibc's malloc tuned for tensor work on the CPU.
 
 glibc serves every allocation above 32 MiB (the cap of its adaptive mmap threshold) with a fresh
-`mmap` and unmaps it on free, so each such tensor is page-faulted and zeroed anew: at batch 2 and
-640x640 the upscaler's (2, 192, 160, 160) maps are 39 MiB, and one elementwise pass over them
-costs 4x the arithmetic (`benchmarks/RESULTS.md`, "The host allocator"). Serving them from the
-heap instead, and not trimming it, lets freed tensors be reused: −9 to −14 % training-step time
-on the CPU, for some heap fragmentation (freed memory is kept for the next step).
+`mmap` and unmaps it on free, and trims freed memory off the top of its heap, so large tensors
+are page-faulted and zeroed anew at every step: at batch 2 and 640x640 the upscaler's
+(2, 192, 160, 160) maps are 39 MiB, and an elementwise pass over one of them took 4x its
+arithmetic. Keeping them on the heap, untrimmed, lets freed tensors be reused: about 10 % off
+the CPU training step and `predict`, for memory that stays with the process once freed
+(`benchmarks/RESULTS.md`, "The host allocator").
 
-Process-wide, so it is applied once and only where it pays: CPU training. Skipped where the
-C library is not glibc, where the user set glibc's own variables, or when
+Process-wide, so it is applied once, by CPU training and by a CPU `PanopticSegmentationModel`.
+Skipped where the C library is not glibc, where the user set glibc's own variables, or when
 `PANOPTIC_TRAIN_HOST_ALLOCATOR=default`.
 """
 

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, get_args
 import torch
 from torch import Tensor
 
+from panoptic_train._host_memory import tune_for_tensors
 from panoptic_train._types import InferencePrecision, PathLike
 from panoptic_train._validate import normalization, one_of
 from panoptic_train.data.coco import ClassMapping
@@ -79,6 +80,8 @@ class PanopticSegmentationModel(BatchPredictor[dict[str, Tensor]]):
         self.is_thing = dict(zip(class_mapping.class_ids, class_mapping.is_thing, strict=True))
         self.device = _resolve_device(device)
         self.dtype = _resolve_precision(precision, self.device)
+        if self.device.type == "cpu":
+            tune_for_tensors()
         self.network.to(self.device)
         self._category_ids = torch.tensor(class_mapping.class_ids, device=self.device)
         self._thing_flags = torch.tensor(class_mapping.is_thing, device=self.device)
