@@ -284,7 +284,12 @@ def _lightly_merge() -> Callable[..., object]:
 
 
 def _our_merge() -> Callable[..., object]:
+    from panoptic_train._host_memory import tune_for_tensors
     from panoptic_train.runtime.postprocess import panoptic_postprocess
+
+    # As in `predict`: every CPU predictor of the package sets up glibc's malloc this way (with
+    # glibc's defaults the merge's 2 MB arrays are mmapped and faulted in anew: 40 ms, not 24).
+    tune_for_tensors()
 
     is_thing = [i < 80 for i in range(NUM_CLASSES)]
     sizes = ((640, 640), [(480, 640)], [(480, 640)])

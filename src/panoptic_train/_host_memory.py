@@ -1,14 +1,17 @@
 """glibc's malloc tuned for tensor work on the CPU.
 
-glibc serves every allocation above 32 MiB (the cap of its adaptive mmap threshold) with a fresh
-`mmap` and unmaps it on free, and trims freed memory off the top of its heap, so large tensors
-are page-faulted and zeroed anew at every step: at batch 2 and 640x640 the upscaler's
-(2, 192, 160, 160) maps are 39 MiB, and an elementwise pass over one of them took 4x its
-arithmetic. Keeping them on the heap, untrimmed, lets freed tensors be reused: about 10 % off
-the CPU training step and `predict`, for memory that stays with the process once freed
-(`benchmarks/RESULTS.md`, "The host allocator").
+glibc serves every allocation above its mmap threshold with a fresh `mmap` and unmaps it on
+free, and trims freed memory off the top of its heap. The threshold adapts upwards to the sizes
+freed, but only up to 32 MiB, so large tensors are page-faulted and zeroed anew every time: at
+batch 2 and 640x640 the upscaler's (2, 192, 160, 160) maps are 39 MiB, and an elementwise pass
+over one of them took 4x its arithmetic; and a fresh process merging 30 queries took 40 ms a
+merge instead of 24, its megabyte arrays faulted in again and again. Keeping allocations on
+the heap, untrimmed, lets freed tensors be reused: about 10 % off the CPU training step and
+`predict`, for memory that stays with the process once freed (`benchmarks/RESULTS.md`, "The
+host allocator").
 
-Process-wide, so it is applied once, by CPU training and by a CPU `PanopticSegmentationModel`.
+Process-wide, so it is applied once, by CPU training and by the CPU predictors
+(`PanopticSegmentationModel` on the CPU, `OnnxPredictor`, whose merge runs in numpy).
 Skipped where the C library is not glibc, where the user set glibc's own variables, or when
 `PANOPTIC_TRAIN_HOST_ALLOCATOR=default`.
 """

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from panoptic_train._host_memory import tune_for_tensors
 from panoptic_train._types import PathLike
 from panoptic_train.errors import WeightsError, require
 from panoptic_train.export.metadata import INPUT_NAME, LOGIT_OUTPUTS, METADATA_KEY, ExportMetadata
@@ -52,6 +53,7 @@ class OnnxPredictor(ExportedModelPredictor):
         except Exception as error:  # onnxruntime raises its own types for unreadable models
             raise WeightsError(f"onnxruntime cannot load '{path}': {error}") from error
         super().__init__(metadata_of_session(self.session, f"'{path}'"))
+        tune_for_tensors()  # the merge runs in numpy on the host, whatever the provider
         self._category_ids = np.asarray(self.metadata.classes.class_ids, dtype=np.int64)
 
     def _predict_batch(

@@ -113,10 +113,10 @@ class PanopticSegmentationModel(BatchPredictor[dict[str, Tensor]]):
         bands: `PanopticMerge.bands()` streams the maps of a huge image, `result` builds all)."""
         batch = torch.stack([image.inputs for image in prepared]).to(self.device, non_blocking=True)
         with self._autocast():
-            output = self._forward(batch)
+            output = self._forward(batch, factored_masks=True)
         return panoptic_merge(
             output.class_logits[-1],
-            output.mask_logits[-1],
+            output.mask_projections[-1],
             self._thing_flags,
             input_size=self.image_size,
             resized_sizes=[image.resized_size for image in prepared],

@@ -112,8 +112,16 @@ class MaskProjection(NamedTuple):
     def logits(self) -> Tensor:
         """The dense mask logits, (B, Q, h, w) or (Q, h, w): one (batched) matmul, which
         onnxruntime runs ~2x faster than the same product as an Einsum node."""
-        features = self.features
-        return (self.embeddings @ features.flatten(-2)).unflatten(-1, features.shape[-2:])
+        return _project(self.embeddings, self.features)
+
+    def logits_of(self, image: int, queries: Tensor) -> Tensor:
+        """The dense (K, h, w) logits of image `image`'s `queries` (bool (Q,) flags or indices)
+        of a batched projection: what the merge needs of its confident queries."""
+        return _project(self.embeddings[image][queries], self.features[image])
+
+
+def _project(embeddings: Tensor, features: Tensor) -> Tensor:
+    return (embeddings @ features.flatten(-2)).unflatten(-1, features.shape[-2:])
 
 
 class EoMTOutput(NamedTuple):
@@ -121,7 +129,9 @@ class EoMTOutput(NamedTuple):
 
     The mask logits are dense in eval mode (`mask_logits`; `mask_projections` is empty) and
     factored in training mode (`mask_projections`; `mask_logits` is empty): there the full maps
-    would cost as much as the upscaler, and the loss reads a few of their rows.
+    would cost as much as the upscaler, and the loss reads a few of their rows. `forward`'s
+    `factored_masks` picks either form in either mode (`predict` multiplies out the confident
+    queries only).
     """
 
     class_logits: list[Tensor]  # each (B, Q, C + 1)
@@ -230,8 +240,10 @@ class EoMT(nn.Module):
         """Index of the first backbone block that also processes the queries."""
         return len(self.backbone.blocks) - self.config.num_joint_blocks
 
-    def forward(self, images: Tensor) -> EoMTOutput:
-        """Images (B, 3, H, W), normalised, H and W multiples of 16."""
+    def forward(self, images: Tensor, factored_masks: bool | None = None) -> EoMTOutput:
+        """Images (B, 3, H, W), normalised, H and W multiples of 16. factored_masks: return the
+        mask logits as `mask_projections` (default in training) or dense as `mask_logits`
+        (default in eval mode)."""
         backbone = self.backbone
         x, grid = backbone.prepare_tokens(images)
         patch_rope = backbone.rope(*grid)
@@ -258,7 +270,7 @@ class EoMT(nn.Module):
         final_class, final_mask = self._predict(backbone.norm(x), grid, recompute)
         class_logits.append(final_class)
         masks.append(final_mask)
-        if self.training:
+        if self.training if factored_masks is None else factored_masks:
             return EoMTOutput(class_logits, mask_logits=[], mask_projections=masks)
         return EoMTOutput(class_logits, [mask.logits() for mask in masks], mask_projections=[])
 

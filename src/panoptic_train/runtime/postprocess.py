@@ -17,9 +17,9 @@ is what an ONNX export with the merge baked in traces.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, TypedDict
+from typing import NamedTuple, Protocol, TypedDict, runtime_checkable
 
 import numpy as np
 
@@ -105,6 +105,21 @@ class MergedBatch(NamedTuple):
     scores: Array
 
 
+@runtime_checkable
+class FactoredMaskLogits(Protocol):
+    """Mask logits not yet multiplied out (`models.eomt.MaskProjection`): the merge builds the
+    rows of the confident queries only, a fraction of the (Q, h, w) product."""
+
+    @property
+    def embeddings(self) -> Array:
+        """(B, Q, D)"""
+        ...
+
+    def logits_of(self, image: int, queries: Array) -> Array:
+        """The dense (K, h, w) mask logits of image `image`'s `queries` (bool (Q,) flags)."""
+        ...
+
+
 def panoptic_postprocess(
     class_logits: Array,
     mask_logits: Array,
@@ -140,7 +155,7 @@ def panoptic_postprocess(
 
 def panoptic_merge(
     class_logits: Array,
-    mask_logits: Array,
+    mask_logits: Array | FactoredMaskLogits,
     is_thing: Sequence[bool] | Array,
     input_size: tuple[int, int],
     resized_sizes: Sequence[tuple[int, int]],
@@ -149,15 +164,12 @@ def panoptic_merge(
 ) -> list[PanopticMerge]:
     """`panoptic_postprocess` before the full-resolution maps exist: per image, the segments and
     the merge in row bands, so that a writer can stream the map of a very large image (see
-    `PanopticMerge`). Arguments as `panoptic_postprocess`."""
+    `PanopticMerge`). Arguments as `panoptic_postprocess`; `mask_logits` may also be factored
+    (torch only), and then only the confident queries' logits are built."""
     config = config or PostprocessConfig()
     ops = array_ops(class_logits)
     batch, num_queries, num_logits = class_logits.shape
-    if mask_logits.ndim != 4 or tuple(mask_logits.shape[:2]) != (batch, num_queries):
-        raise ValueError(
-            f"mask_logits of shape {tuple(mask_logits.shape)} do not match class_logits of shape "
-            f"{tuple(class_logits.shape)}: expected ({batch}, {num_queries}, h, w)."
-        )
+    kept_rows = _kept_rows(mask_logits, batch, num_queries, class_logits.shape)
     thing = _as_flags(ops, is_thing, like=class_logits)
     if tuple(thing.shape) != (num_logits - 1,):
         raise ValueError(
@@ -179,7 +191,7 @@ def panoptic_merge(
             ops,
             scores=scores[i][kept][None],
             labels=labels[i][kept][None],
-            mask_logits=mask_logits[i][kept][None],
+            mask_logits=kept_rows(i, kept)[None],
             is_thing=thing,
             input_size=input_size,
             resized_size=resized_sizes[i],
@@ -190,6 +202,33 @@ def panoptic_merge(
         )
         merges.append(PanopticMerge(ops, merge, like=class_logits))
     return merges
+
+
+def _kept_rows(
+    mask_logits: Array | FactoredMaskLogits,
+    batch: int,
+    num_queries: int,
+    class_shape: tuple[int, ...],
+) -> Callable[[int, Array], Array]:
+    """`(image, kept) -> that image's (K, h, w) mask logits of its kept queries`, after checking
+    the logits' shape against the class logits'."""
+    dense: Array = mask_logits
+
+    def dense_rows(image: int, kept: Array) -> Array:
+        return dense[image][kept]
+
+    if isinstance(mask_logits, FactoredMaskLogits):
+        shape, expected = tuple(mask_logits.embeddings.shape), f"({batch}, {num_queries}, D)"
+        rows: Callable[[int, Array], Array] = mask_logits.logits_of
+    else:
+        shape, expected = tuple(dense.shape), f"({batch}, {num_queries}, h, w)"
+        rows = dense_rows
+    if len(shape) != expected.count(",") + 1 or shape[:2] != (batch, num_queries):
+        raise ValueError(
+            f"mask_logits of shape {shape} do not match class_logits of shape "
+            f"{tuple(class_shape)}: expected {expected}."
+        )
+    return rows
 
 
 class PanopticMerge:
