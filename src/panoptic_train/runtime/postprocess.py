@@ -122,7 +122,7 @@ class FactoredMaskLogits(Protocol):
 
 def panoptic_postprocess(
     class_logits: Array,
-    mask_logits: Array,
+    mask_logits: Array | FactoredMaskLogits,
     is_thing: Sequence[bool] | Array,
     input_size: tuple[int, int],
     resized_sizes: Sequence[tuple[int, int]],
@@ -133,7 +133,8 @@ def panoptic_postprocess(
 
     class_logits: (B, Q, C + 1), the last entry being "no object"; a torch tensor or a numpy
         array (the result uses the same kind).
-    mask_logits: (B, Q, h, w), covering the whole padded input of size `input_size` (H, W).
+    mask_logits: (B, Q, h, w), covering the whole padded input of size `input_size` (H, W); or,
+        from a torch network, their `MaskProjection` (only the kept queries' rows are built).
     is_thing: (C,) thing flags; stuff queries of one class merge into a single segment.
     resized_sizes: per image, the (height, width) of the image inside the padded input (the rest
         is padding at the bottom/right and is cropped off).

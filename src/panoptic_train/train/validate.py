@@ -55,10 +55,10 @@ def evaluate_network(
             passes += 1
             images = batch["images"].to(device, non_blocking=True)
             targets = batch["targets"]
-            output = network(images)
+            output = network(images, factored_masks=True)  # the merge builds the kept rows
             predictions = panoptic_postprocess(
                 output.class_logits[-1],
-                output.mask_logits[-1],
+                output.mask_projections[-1],
                 thing_flags,
                 input_size=input_size,
                 resized_sizes=[target["resized_size"] for target in targets],
