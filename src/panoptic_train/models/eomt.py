@@ -258,7 +258,9 @@ class EoMT(nn.Module):
             if index == self.first_joint_block:
                 queries = self.queries.weight.to(x.dtype)
                 x = torch.cat((queries.expand(x.shape[0], -1, -1), x), dim=1)
-                rope = rope_for_tokens(patch_rope, backbone.num_prefix_tokens + len(queries))
+                rope = rope_for_tokens(
+                    patch_rope, backbone.num_prefix_tokens + self.config.num_queries
+                )
             if self.training and index >= self.first_joint_block:
                 block_class, block_mask = self._predict(backbone.norm(x), grid, recompute)
                 class_logits.append(block_class)
