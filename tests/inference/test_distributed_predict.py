@@ -104,11 +104,12 @@ def test_a_killed_torchrun_job_resumes_with_devices_2_to_one_process_output(
     tiny_model_file: Path, images: Path, one_process: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
+    env = {**ENV, "TMPDIR": str(tmp_path)}  # torchrun's log folders go with the test's files
     options = _options(tiny_model_file, images, out)
     torchrun = [str(TORCHRUN), "--nproc-per-node", "2", "--standalone", "-m", "panoptic_train"]
     job = subprocess.Popen(
         [*torchrun, "predict", *options],
-        env=ENV,
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -132,7 +133,7 @@ def test_a_killed_torchrun_job_resumes_with_devices_2_to_one_process_output(
     # A used folder without --resume: rank 0 refuses it and both processes stop.
     refused = subprocess.run(
         _predict_command(*options, "--devices", "2"),
-        env=ENV,
+        env=env,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -140,7 +141,7 @@ def test_a_killed_torchrun_job_resumes_with_devices_2_to_one_process_output(
     assert refused.returncode == 2 and "is not empty" in refused.stderr
     resumed = subprocess.run(
         _predict_command(*options, "--devices", "2", "--resume"),
-        env=ENV,
+        env=env,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -151,6 +152,9 @@ def test_a_killed_torchrun_job_resumes_with_devices_2_to_one_process_output(
     # Done: a progress line and its PNG. A PNG whose line the kill prevented is redone.
     assert 0 < int(kept[2]) <= len(written) and int(kept[1]) + int(kept[2]) == NUM_IMAGES
     _assert_same_predictions(out, one_process)
+    # The two --devices 2 jobs left nothing in the temp directory; torchrun (torch's own
+    # command) left its log folder.
+    assert sorted(path.name.split("_")[0] for path in tmp_path.iterdir()) == ["out", "torchelastic"]
 
 
 def test_devices_other_than_the_launchers_are_refused(

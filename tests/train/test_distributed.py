@@ -169,13 +169,14 @@ def runs(data: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path
     """One process (this one); two with DDP, launched by Fabric (devices=2 from the Python API);
     two with FSDP launched by torchrun, SIGKILLed as a whole mid-run and resumed."""
     root = tmp_path_factory.mktemp("distributed")
+    env = {**ENV, "TMPDIR": str(root)}  # torchrun's log folders go with the test's files
     train_panoptic_segmentation(**_arguments(data, root / "one"))
     fabric = _arguments(data, root / "ddp", devices=2)
     subprocess.run(
-        [sys.executable, str(SCRIPT), json.dumps(fabric)], check=True, env=ENV, timeout=TIMEOUT
+        [sys.executable, str(SCRIPT), json.dumps(fabric)], check=True, env=env, timeout=TIMEOUT
     )
     interrupted = _arguments(data, root / "fsdp", strategy="fsdp")
-    job = subprocess.Popen(_torchrun(interrupted), env=ENV)
+    job = subprocess.Popen(_torchrun(interrupted), env=env)
     deadline = time.monotonic() + TIMEOUT
     while _checkpoint_step(root / "fsdp") < 2 and job.poll() is None:
         assert time.monotonic() < deadline, "the torchrun job made no progress"
@@ -184,7 +185,7 @@ def runs(data: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path
     job.wait()
     (root / "killed_at").write_text(str(_checkpoint_step(root / "fsdp")))
     subprocess.run(
-        _torchrun({**interrupted, "resume_interrupted": True}), check=True, env=ENV, timeout=TIMEOUT
+        _torchrun({**interrupted, "resume_interrupted": True}), check=True, env=env, timeout=TIMEOUT
     )
     return root
 
