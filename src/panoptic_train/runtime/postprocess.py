@@ -221,10 +221,11 @@ def _kept_rows(
     if isinstance(mask_logits, FactoredMaskLogits):
         shape, expected = tuple(mask_logits.embeddings.shape), f"({batch}, {num_queries}, D)"
         rows: Callable[[int, Array], Array] = mask_logits.logits_of
+        rank = 3
     else:
         shape, expected = tuple(dense.shape), f"({batch}, {num_queries}, h, w)"
-        rows = dense_rows
-    if len(shape) != expected.count(",") + 1 or shape[:2] != (batch, num_queries):
+        rows, rank = dense_rows, 4
+    if len(shape) != rank or shape[:2] != (batch, num_queries):
         raise ValueError(
             f"mask_logits of shape {shape} do not match class_logits of shape "
             f"{tuple(class_shape)}: expected {expected}."

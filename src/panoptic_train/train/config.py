@@ -33,8 +33,9 @@ class ModelArgs(StrictConfig):
     backbone_weights: str | None = "default"
     num_queries: int | Auto = Field("auto")
     num_joint_blocks: int | Auto = Field("auto")
-    # Recompute the upscaler in backward; "auto": when its activations
-    # would take over a quarter of the device's available memory (`models.eomt.EoMT`).
+    # What of the upscaler backward recomputes (`models.eomt.EoMT`): "auto" the upscale blocks'
+    # elementwise tails, and the whole upscaler when its activations would take over a quarter
+    # of the device's available memory; True the whole upscaler; False nothing.
     activation_checkpointing: bool | Auto = "auto"
 
     loss_num_points: int = Field(12544, ge=1)
