@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from panoptic_train.runtime import postprocess
+from panoptic_train.runtime import _cell_assign, postprocess
 from panoptic_train.runtime.array_ops import array_ops
 from panoptic_train.runtime.postprocess import PostprocessConfig, panoptic_postprocess
 
@@ -221,6 +221,41 @@ def test_a_large_image_merged_in_small_chunks(monkeypatch: pytest.MonkeyPatch) -
     _assert_same(class_logits, masks, [True, False, True], (160, 120), (160, 120), whole, config)
     monkeypatch.setattr(postprocess, "_MAX_BAND_ELEMENTS", 5000)  # refinement in many chunks
     _assert_same(class_logits, masks, [True, False, True], (160, 120), (150, 117), whole, config)
+
+
+@pytest.mark.parametrize(
+    ("orig", "gathered"),
+    [((23, 30), True), ((7, 45), False), ((40, 17), True), ((97, 130), False), ((1, 1), False)],
+)
+def test_cell_bounds_are_the_corner_extrema(orig: tuple[int, int], gathered: bool) -> None:
+    """Each cell's logit bounds are the min and max of its four corner grid values, whether the
+    cells' taps are read in runs of neighbours (upsampling) or gathered (an image smaller than the
+    mask grid), and every interpolated logit of the cell lies between them."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(2, 5, 40, 48)).astype(np.float32)
+    for backend in (np.asarray, torch.from_numpy):
+        array = backend(logits)
+        ops = array_ops(array)
+        taps = [
+            postprocess._LinearTaps.build(ops, n_out, side, side, n_in, array)
+            for n_out, n_in, side in zip(orig, (40, 48), (160, 192), strict=True)
+        ]
+        rows, cols = (axis.cells for axis in taps)
+        lowest, highest = (
+            np.asarray(bound) for bound in _cell_assign._corner_extrema(ops, array, rows, cols)
+        )
+        row_taps, col_taps = (
+            (np.asarray(rows.low), np.asarray(rows.high)),
+            (np.asarray(cols.low), np.asarray(cols.high)),
+        )
+        corners = np.stack([logits[:, :, y][:, :, :, x] for y in row_taps for x in col_taps])
+        np.testing.assert_array_equal(lowest, corners.min(axis=0))
+        np.testing.assert_array_equal(highest, corners.max(axis=0))
+        interpolated = np.asarray(taps[1].apply(ops, taps[0].apply(ops, array, axis=-2), axis=-1))
+        cell_of = np.ix_(np.asarray(rows.of_pixel), np.asarray(cols.of_pixel))
+        assert (interpolated >= lowest[:, :, cell_of[0], cell_of[1]] - 1e-6).all()
+        assert (interpolated <= highest[:, :, cell_of[0], cell_of[1]] + 1e-6).all()
+    assert (max(len(rows.runs), len(cols.runs)) > _cell_assign._MAX_RUNS) == gathered
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ subnormal range are evaluated per pixel, and logits that are not all finite dire
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -56,6 +57,10 @@ class AxisCells(NamedTuple):
     low, high: (C,) the two grid taps of each cell; start, size: (C,) its first output pixel and
         its number of pixels (cells are contiguous: the taps grow with the output coordinate).
     max_size: the largest size.
+    first, last: the lowest and highest grid tap of any cell.
+    runs: the cells' low taps, counted from `first`, as (start, stop) runs of consecutive taps
+        (a cell's low tap may repeat its neighbour's, where a run was split or the border
+        clamps): how few slices read the grid at the cells (`_at_cells`).
     """
 
     of_pixel: Array
@@ -64,6 +69,9 @@ class AxisCells(NamedTuple):
     start: Array
     size: Array
     max_size: int
+    first: int
+    last: int
+    runs: tuple[tuple[int, int], ...]
 
     @classmethod
     def build(cls, ops: ArrayOps, low: np.ndarray, n_in: int, like: Array) -> AxisCells:
@@ -79,7 +87,11 @@ class AxisCells(NamedTuple):
         high = np.minimum(cell_low + 1, n_in - 1)
         arrays = (of_pixel, cell_low, high, run_start[run] + offset, size)
         as_arrays = (ops.asarray(array.astype(np.int64), like) for array in arrays)
-        return cls._make((*as_arrays, int(size.max())))
+        tap = cell_low - cell_low[0]
+        breaks = np.flatnonzero(np.diff(tap) != 1) + 1
+        bounds = zip(np.r_[0, breaks], np.r_[breaks, len(tap)], strict=True)
+        runs = tuple((int(tap[a]), int(tap[a] + b - a)) for a, b in bounds)
+        return cls._make((*as_arrays, int(size.max()), int(cell_low[0]), int(high[-1]), runs))
 
 
 class AxisTaps(Protocol):
@@ -223,22 +235,22 @@ class _CellMerge:
         self.direct = self._direct(i, j, counts)
         kept = ~_gather(ops, self.direct, i)
         self.undecided = (b[kept], i[kept], j[kept], candidates[kept])
-        on_cells = ~self.direct[None, :, None]
-        self.decided = bounds.decided & on_cells
-        sure_own = bounds.sure_own & on_cells[:, None]
-        self.crossed = ops.nonzero(bounds.unsure_own & on_cells[:, None])
+        self.decided, sure_own, unsure_own = bounds.decided, bounds.sure_own, bounds.unsure_own
+        if bool(self.direct.any()):  # the cells of rows evaluated directly take no part
+            on_cells = ~self.direct[None, :, None]
+            self.decided = self.decided & on_cells
+            sure_own, unsure_own = sure_own & on_cells[:, None], unsure_own & on_cells[:, None]
+        self.crossed = ops.nonzero(unsure_own)
         self._decided_cells(sure_own)
 
     def _candidates(self, bounds: _Bounds, b: Array, i: Array, j: Array) -> tuple[Array, Array]:
-        """Per undecided cell the queries that may win some of its pixels, in increasing order
-        and padded with the first, (N, M), and their number (N,). The others are below the
-        cell's floor, so they neither win nor tie; with the candidates in order the first of
-        equal values is the first query, as directly."""
+        """Per undecided cell its candidates (the queries that may win some of its pixels) in
+        increasing order and padded with the first, (N, M), and their number (N,). With the
+        candidates in order the first of equal values is the first query, as directly."""
         ops, num_queries = self.ops, self.size[1]
         cell = i * self.grid_width + j
         entry = (b[:, None] * num_queries + self.query_ids) * self.cells + cell[:, None]
-        floor = _gather(ops, bounds.floor, b * self.cells + cell)
-        candidate = ~(_gather(ops, bounds.upper, entry) < floor[:, None])  # NaN included
+        candidate = _gather(ops, bounds.candidate, entry)
         counts = candidate.sum(axis=1)
         ranked = ops.sort(ops.where(candidate, self.query_ids, num_queries), axis=1)
         most = int(ops.amax(counts, axis=0)) if b.shape[0] else 0
@@ -355,19 +367,16 @@ class _CellMerge:
 class _Bounds(NamedTuple):
     """What the grid decides per cell: (B, Ch, Cw) arrays, and (B, K, Ch, Cw) ones per query.
 
-    best: the query that wins every pixel of the cell where `decided`; floor: the highest lower
-    bound, which every pixel's winning value reaches; upper: each query's upper bound;
-    sure_own: the query's own mask covers the whole cell; unsure_own: it may cover part of it
-    (neither that nor none of it is certain).
-
-    Elementwise arithmetic rather than `where`, and maxima rather than argmax: on the CPU both
-    replacements are several times faster in torch and numpy.
+    candidate: the query may win pixels of the cell, its upper bound reaching the cell's floor
+    (the highest lower bound, which the winning value reaches at every pixel): the others
+    neither win nor tie there. best: the first candidate; decided: it wins all pixels of the
+    cell. sure_own: the query's own mask covers the whole cell; unsure_own: it may cover part of
+    it (neither that nor none of it is certain).
     """
 
     best: Array
     decided: Array
-    floor: Array
-    upper: Array
+    candidate: Array
     sure_own: Array
     unsure_own: Array
 
@@ -383,10 +392,7 @@ class _Bounds(NamedTuple):
     ) -> _Bounds | None:
         """The bounds, or None where the logits are not all finite (nothing is decided)."""
         # The interpolated logits of a cell lie between the min and max of its four corners.
-        left, right = ops.take(logits, cols.low, -1), ops.take(logits, cols.high, -1)
-        col_low, col_high = ops.minimum(left, right), ops.maximum(left, right)
-        lowest = ops.minimum(ops.take(col_low, rows.low, 2), ops.take(col_low, rows.high, 2))
-        highest = ops.maximum(ops.take(col_high, rows.low, 2), ops.take(col_high, rows.high, 2))
+        lowest, highest = _corner_extrema(ops, logits, rows, cols)
         magnitude = float(ops.amax(ops.maximum(-lowest, highest).reshape(-1), 0))
         if not math.isfinite(magnitude):
             return None
@@ -394,32 +400,66 @@ class _Bounds(NamedTuple):
         prob_low, prob_high = ops.sigmoid(lowest - slack), ops.sigmoid(highest + slack)
 
         # Bounds of score * sigmoid, and never above the score (the float32 sigmoid is at most
-        # 1). The lower bound is the score itself where the sigmoid is surely 1; the ramp below
-        # _SURE_ONE stays under the float32 sigmoid's 1 - 3e-7 there.
+        # 1). The lower bound is the score itself where the sigmoid is surely 1.
         score = scores[:, :, None, None]
-        ramp = (lowest - (_SURE_ONE - 1)).clip(min=0, max=1)
-        lower = ops.maximum(prob_low * (score * (1 - _PROB_SLACK)) - _TINY, score * ramp)
+        lower = prob_low * (score * (1 - _PROB_SLACK)) - _TINY
+        lower = ops.where(lowest >= _SURE_ONE, score, lower)
         upper = ops.minimum(prob_high * (score * (1 + _PROB_SLACK)) + _TINY, score)
+        candidate = upper >= ops.amax(lower, axis=1)[:, None]
 
-        # A query wins the whole cell when no earlier query can reach its lower bound and no
-        # later one exceed it (a tie goes to the earlier query). Only the first query with the
-        # highest upper bound can: it wins when its lower bound is above every other upper
-        # bound, or equals the highest (then all that reach it come later).
-        highest_upper = ops.amax(upper, axis=1)  # (B, Ch, Cw)
-        is_top = ops.astype(upper == highest_upper[:, None], "float32")
-        best = _first_index(ops, is_top)
-        tops = is_top.sum(axis=1)
-        runner_up = ops.amax(upper - 2 * is_top, axis=1)  # below the top (uppers are in [0, 1])
-        runner_up = ops.where(tops > 1, highest_upper, runner_up)
+        # The first candidate wins every pixel when it is the only one, or when its lower bound
+        # reaches every upper bound (exactly saturated queries of equal scores): the others then
+        # at most tie, and a tie goes to the earlier query.
+        flags = ops.astype(candidate, "float32")
+        best = _first_index(ops, flags)
         best_lower = ops.take_along_axis(lower, best[:, None], axis=1)[:, 0]
-        decided = (best_lower > runner_up) | (best_lower == highest_upper)
-        floor = ops.amax(lower, axis=1)
+        decided = (flags.sum(axis=1) == 1) | (best_lower == ops.amax(upper, axis=1))
 
         # Own masks: sigmoid >= threshold, decided with the same margins.
         sure_own = prob_low >= mask_threshold * (1 + 2 * _PROB_SLACK)
         possible = prob_high >= mask_threshold * (1 - 2 * _PROB_SLACK) - _TINY
-        unsure_own = ~sure_own & possible
-        return cls(best, decided, floor, upper, sure_own, unsure_own)
+        unsure_own = possible ^ sure_own  # the sure ones are possible too
+        return cls(best, decided, candidate, sure_own, unsure_own)
+
+
+# With more runs of cells than this an axis is read with one gather rather than a slice per run.
+_MAX_RUNS = 8
+
+
+def _corner_extrema(
+    ops: ArrayOps, logits: Array, rows: AxisCells, cols: AxisCells
+) -> tuple[Array, Array]:
+    """(B, K, Ch, Cw): the lowest and the highest of each cell's four corner logits, as the
+    extrema over pairs of neighbouring grid columns, then over pairs of such rows."""
+    grid = logits[:, :, rows.first : rows.last + 1, cols.first : cols.last + 1]
+    lowest, highest = (
+        _at_cells(ops, _at_cells(ops, grid, cols, 3, reduce), rows, 2, reduce)
+        for reduce in (ops.minimum, ops.maximum)
+    )
+    return lowest, highest
+
+
+def _at_cells(
+    ops: ArrayOps, grid: Array, cells: AxisCells, axis: int, reduce: Callable[[Array, Array], Array]
+) -> Array:
+    """`reduce` of each cell's two taps along `axis` of `grid` (whose first entry there is the
+    cells' first tap): slices of the reduced neighbouring pairs, or one gather from them."""
+
+    def part(array: Array, start: int, stop: int) -> Array:
+        return array[(slice(None),) * axis + (slice(start, stop),)]
+
+    taps = cells.last - cells.first + 1
+    pairs = reduce(part(grid, 0, taps - 1), part(grid, 1, taps))  # tap t with tap t + 1
+    alone = part(grid, taps - 1, taps)  # the grid's last tap, its own pair at the border
+    if len(cells.runs) > _MAX_RUNS:
+        return ops.take(ops.concat([pairs, alone], axis), cells.low - cells.first, axis)
+    pieces = []
+    for start, stop in cells.runs:
+        if start < taps - 1:
+            pieces.append(part(pairs, start, min(stop, taps - 1)))
+        if stop == taps:
+            pieces.append(alone)
+    return pieces[0] if len(pieces) == 1 else ops.concat(pieces, axis)
 
 
 def _first_max(ops: ArrayOps, array: Array) -> Array:
