@@ -269,10 +269,10 @@ def test_bad_precision_and_unavailable_devices_are_rejected(tiny_model_file: Pat
 def test_a_registry_model_loads_weights_the_user_downloaded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_file: Path
 ) -> None:
-    # Offline, the COCO-fine-tuned names cannot fetch their weights: the error says how to
-    # provide them, and `weights=` then loads them into the named architecture with COCO classes.
+    # A COCO-fine-tuned name without a published file: the error says how to provide one, and
+    # `weights=` then loads it into the named architecture with the COCO classes.
     monkeypatch.setenv("PANOPTIC_TRAIN_CACHE", str(tmp_path / "empty_cache"))
-    name = "dinov3/vits16-eomt-panoptic-coco"
+    name = "dinov3/vitt16-eomt-panoptic-coco"
     with pytest.raises(WeightsError, match=r"weights= in load_model"):
         load_model(name, device="cpu")
 
@@ -280,7 +280,7 @@ def test_a_registry_model_loads_weights_the_user_downloaded(
 
     torch.manual_seed(3)
     network = create_model(name, num_classes=133, backbone_weights=None)
-    weights_file = tmp_path / "coco_vits16.pt"
+    weights_file = tmp_path / "coco_vitt16.pt"
     torch.save(network.state_dict(), weights_file)
 
     model = load_model(name, device="cpu", weights=weights_file)

@@ -3,6 +3,7 @@ eval output contract, masked attention that really masks, and a traceable eval p
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from panoptic_train.errors import ConfigError
-from panoptic_train.models import weights
+from panoptic_train.models import hub, weights
+from panoptic_train.models.backbones import DinoV3Arch, WeightSource
 from panoptic_train.models.eomt import EoMT, EoMTConfig, _upsample_2x2
+
+from .conftest import register_backbone
 
 transformers = pytest.importorskip("transformers", minversion="5.1")
 
@@ -25,13 +29,12 @@ def images(batch: int = 2, height: int = 64, width: int = 64, seed: int = 1) -> 
     return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
-def test_transformers_eomt_weights_give_identical_logits(
-    tmp_path: Path, tiny_archs, perturb
-) -> None:
+def transformers_eomt(arch: DinoV3Arch, perturb) -> torch.nn.Module:
+    """A random transformers EomtDinov3ForUniversalSegmentation of our test arch's sizes, with
+    its masks annealed (its eval path then computes no masks either, as ours)."""
     # MLP backbone only: transformers' EoMT applies `hidden_act` to the heads too, so a SwiGLU
     # (silu) backbone would put silu in its heads, where EoMT has GELU. The gated backbone's
     # parity is covered by test_dinov3.
-    arch = tiny_archs["test-mlp"]
     config = transformers.EomtDinov3Config(
         hidden_size=arch.embed_dim,
         num_hidden_layers=arch.depth,
@@ -46,14 +49,15 @@ def test_transformers_eomt_weights_give_identical_logits(
     )
     peer = transformers.EomtDinov3ForUniversalSegmentation(config).eval()
     perturb(peer)
-    peer.attn_mask_probs.zero_()  # annealed: the peer's eval path then computes no masks either
-    peer.save_pretrained(tmp_path)
-    model = tiny_eomt("test-mlp").eval()
-    assert weights.load_weights(model, tmp_path / "model.safetensors") == "hf-eomt"
+    peer.attn_mask_probs.zero_()
+    return peer
+
+
+def assert_same_logits(model: EoMT, peer: torch.nn.Module) -> None:
     x = images()
     with torch.no_grad():
         expected = peer(pixel_values=x)
-        actual = model(x)
+        actual = model.eval()(x)
     assert len(actual.class_logits) == len(actual.mask_logits) == 1
     torch.testing.assert_close(
         actual.class_logits[0], expected.class_queries_logits, rtol=0, atol=1e-4
@@ -61,6 +65,93 @@ def test_transformers_eomt_weights_give_identical_logits(
     torch.testing.assert_close(
         actual.mask_logits[0], expected.masks_queries_logits, rtol=0, atol=1e-4
     )
+
+
+def test_transformers_eomt_weights_give_identical_logits(
+    tmp_path: Path, tiny_archs, perturb
+) -> None:
+    peer = transformers_eomt(tiny_archs["test-mlp"], perturb)
+    peer.save_pretrained(tmp_path)
+    model = tiny_eomt("test-mlp")
+    assert weights.load_weights(model, tmp_path / "model.safetensors") == "hf-eomt"
+    assert_same_logits(model, peer)
+
+
+# transformers' EoMT names -> those of the EoMT authors' checkpoints (github.com/tue-mps/eomt:
+# their training module's `network`, whose ViT wrapper renames transformers' DINOv3 embeddings
+# `patch_embed` and its layers `blocks`), as transformers' conversion script reads them.
+_TO_AUTHORS = (
+    (r"^embeddings\.(cls_token|register_tokens)$", r"network.encoder.backbone.patch_embed.\1"),
+    (r"^embeddings\.patch_embeddings\.", "network.encoder.backbone.patch_embed.patch_embeddings."),
+    (r"^layers\.(\d+)\.", r"network.encoder.backbone.blocks.\1."),
+    (r"^layernorm\.", "network.encoder.backbone.norm."),
+    (r"^query\.", "network.q."),
+    (r"^class_predictor\.", "network.class_head."),
+    (r"^mask_head\.fc1\.", "network.mask_head.0."),
+    (r"^mask_head\.fc2\.", "network.mask_head.2."),
+    (r"^mask_head\.fc3\.", "network.mask_head.4."),
+    (r"^upscale_block\.block\.(\d+)\.layernorm2d\.", r"network.upscale.\1.norm."),
+    (r"^upscale_block\.block\.(\d+)\.", r"network.upscale.\1."),
+    (r"^attn_mask_probs$", "network.attn_mask_probs"),
+)
+
+
+def test_the_eomt_authors_checkpoints_give_identical_logits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_archs, perturb
+) -> None:
+    """Their files store the backbone as differences to DINOv3: loading adds the size's
+    pretrained backbone (here a transformers DINOv3 file in the cache, declared as the test
+    size's default), whether the file is named by the user or declared as a default source."""
+    arch = tiny_archs["test-mlp"]
+    peer = transformers_eomt(arch, perturb)
+    pretrained = transformers.DINOv3ViTModel(
+        transformers.DINOv3ViTConfig(
+            hidden_size=arch.embed_dim,
+            num_hidden_layers=arch.depth,
+            num_attention_heads=arch.num_heads,
+            intermediate_size=arch.ffn_hidden,
+            num_register_tokens=4,
+            image_size=64,
+        )
+    )
+    perturb(pretrained, seed=3)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv(hub.CACHE_ENV, str(cache))
+    torch.save(pretrained.state_dict(), cache / "pretrained.bin")
+    register_backbone(
+        monkeypatch, "test-mlp", arch, WeightSource("pretrained.bin", layout="hf", is_delta=False)
+    )
+    # transformers' DINOv3 names its layers `[model.]layer`, its EoMT `layers`; its final norm
+    # `norm`, its EoMT `layernorm`.
+    renames = ((r"^(model\.)?layer\.", "layers."), (r"^norm\.", "layernorm."))
+    base = {}
+    for key, value in pretrained.state_dict().items():
+        for pattern, replacement in renames:
+            key = re.sub(pattern, replacement, key)
+        base[key] = value
+    state = {
+        "network.encoder.pixel_mean": torch.tensor([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1),
+        "network.encoder.pixel_std": torch.tensor([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1),
+        "criterion.empty_weight": torch.ones(6),
+    }
+    for key, value in peer.state_dict().items():
+        if key == "embeddings.mask_token" or key.startswith("criterion."):
+            continue  # their ViT wrapper deletes the mask token
+        pattern, replacement = next(rule for rule in _TO_AUTHORS if re.match(rule[0], key))
+        renamed = re.sub(pattern, replacement, key)
+        is_backbone = renamed.startswith("network.encoder.backbone.")
+        state[renamed] = value - base[key] if is_backbone else value
+    torch.save({"state_dict": state}, tmp_path / "pytorch_model.bin")
+
+    named = tiny_eomt("test-mlp")
+    assert weights.load_weights(named, tmp_path / "pytorch_model.bin") == "eomt-authors"
+    assert_same_logits(named, peer)
+    (tmp_path / "pytorch_model.bin").rename(cache / "authors.bin")
+    declared = tiny_eomt("test-mlp")
+    source = WeightSource("authors.bin", layout="eomt-authors", is_delta=True)
+    assert weights.load_source(declared, source) == "eomt-authors"
+    assert_same_logits(declared, peer)
 
 
 def test_training_returns_one_prediction_per_joint_block_plus_final(tiny_archs) -> None:

@@ -127,10 +127,10 @@ def test_default_weights_are_the_backbone_file_or_a_whole_network() -> None:
         info = registry.get_model_info(name)
         if info.classes is None:
             assert info.weights == info.backbone.weights, name
-        else:
+        elif info.weights.url is None:  # a file the user passes, cached under the name
             assert info.weights.filename == name.replace("/", "--") + ".pt"
         if info.weights.url is not None:  # a published file declares what it holds
-            assert info.weights.layout is not None and info.weights.is_delta is False, name
+            assert info.weights.layout is not None and info.weights.is_delta is not None, name
 
 
 def test_unknown_names_suggest_the_closest_valid_ones() -> None:

@@ -77,13 +77,29 @@ def test_default_weights_without_a_public_file_explain_what_to_do(cache: Path) -
     assert str(cache / "dinov3_vitt16.pth") in message and hub.CACHE_ENV in message
 
 
-def test_coco_models_point_to_the_eomt_authors_weights(tiny_archs) -> None:
-    info = registry.get_model_info("dinov3/vitl16-eomt-panoptic-coco")
+@pytest.mark.parametrize(
+    ("name", "repo"),
+    [
+        ("dinov3/vits16-eomt-panoptic-coco", "coco_panoptic_eomt_small_640_dinov3"),
+        ("dinov3/vitb16-eomt-panoptic-coco", "coco_panoptic_eomt_base_640_dinov3"),
+        ("dinov3/vitl16-eomt-panoptic-coco", "coco_panoptic_eomt_large_640_dinov3"),
+        ("dinov3/vitl16-eomt-panoptic-coco-1280", "coco_panoptic_eomt_large_1280_dinov3"),
+    ],
+)
+def test_coco_models_download_the_eomt_authors_checkpoints(name: str, repo: str) -> None:
+    # Loading files in that layout: tests/models/test_eomt.py (against transformers' EoMT).
+    source = registry.get_model_info(name).weights
+    assert source.url == f"https://huggingface.co/tue-mps/{repo}/resolve/main/pytorch_model.bin"
+    assert source.layout == "eomt-authors" and source.is_delta
+
+
+def test_coco_models_without_published_weights_say_which_are(tiny_archs) -> None:
+    info = registry.get_model_info("dinov3/vitt16-eomt-panoptic-coco")
     with pytest.raises(WeightsError) as error:
         weights.load_source(tiny_eomt(), info.weights)
     message = str(error.value)
-    assert "huggingface.co/tue-mps/coco_panoptic_eomt_large_640_dinov3" in message
-    assert "'dinov3/vitl16-eomt'" in message
+    assert "not published" in message and "'dinov3/vits16-eomt-panoptic-coco'" in message
+    assert "weights= in load_model" in message and "'dinov3/vitt16-eomt'" in message
 
 
 def test_cached_default_file_is_used_without_network(cache: Path, tiny_archs, perturb) -> None:

@@ -14,7 +14,7 @@ from typing import Literal
 from panoptic_train.errors import ConfigError
 
 # Key layouts that `convert` reads; the first three hold a backbone, the last two a whole network.
-Layout = Literal["meta", "hf", "timm", "hf-eomt", "eomt"]
+Layout = Literal["meta", "hf", "timm", "hf-eomt", "eomt-authors", "eomt"]
 BACKBONE_LAYOUTS: tuple[Layout, ...] = ("meta", "hf", "timm")
 
 _META_README = "https://github.com/facebookresearch/dinov3#pretrained-models"

@@ -7,6 +7,10 @@ Layouts understood (detected from the keys, never from the file name):
 - `hf`: Hugging Face transformers `DINOv3ViTModel` (`embeddings.*`, `[model.]layer.N.*`).
 - `timm`: timm `vit_*_patch16_dinov3` (`reg_token`, `blocks.N.gamma_1`, `mlp.fc1_g`).
 - `hf-eomt`: transformers `EomtDinov3ForUniversalSegmentation` (a whole network).
+- `eomt-authors`: the EoMT authors' checkpoints (github.com/tue-mps/eomt, e.g. Hugging Face
+  `tue-mps/coco_panoptic_eomt_large_640_dinov3`): their training module's `network.*` keys, with
+  transformers' DINOv3 under `network.encoder.backbone.` (embeddings renamed `patch_embed`,
+  layers `blocks`), stored as differences to DINOv3 (a whole network).
 - `eomt`: this package's own `EoMT.state_dict()` (a whole network).
 
 Every conversion is exact: a tensor is renamed, or q/k/v pieces are concatenated; a missing key
@@ -35,6 +39,8 @@ def detect_layout(state: Mapping[str, Tensor]) -> Layout:
         return "eomt"
     if "class_predictor.weight" in state and "query.weight" in state:
         return "hf-eomt"
+    if "network.class_head.weight" in state and "network.q.weight" in state:
+        return "eomt-authors"
     if "embeddings.cls_token" in state:
         return "hf"
     if "reg_token" in state and "cls_token" in state:
@@ -45,7 +51,7 @@ def detect_layout(state: Mapping[str, Tensor]) -> Layout:
     raise WeightsError(
         f"Unrecognised weights layout (first keys: {sample}). Supported: Meta DINOv3 .pth, "
         "Hugging Face DINOv3ViTModel or EomtDinov3ForUniversalSegmentation, timm "
-        "vit_*_patch16_dinov3, and this package's own state dicts."
+        "vit_*_patch16_dinov3, the EoMT authors' checkpoints, and this package's own state dicts."
     )
 
 
@@ -195,6 +201,8 @@ def convert_network(state: Mapping[str, Tensor], layout: Layout) -> StateDict:
         return dict(state)
     if layout == "hf-eomt":
         return _from_hf_eomt(state)
+    if layout == "eomt-authors":
+        return _from_eomt_authors(state)
     raise WeightsError(f"Layout {layout!r} is a backbone, not a whole network.")
 
 
@@ -212,6 +220,45 @@ def _from_hf_eomt(state: Mapping[str, Tensor]) -> StateDict:
                 key = key.replace(old, new)
             out[key] = value
     backbone = _from_hf(backbone_part, ("layers.",))
+    out.update({"backbone." + k: v for k, v in backbone.items()})
+    return out
+
+
+_AUTHORS_BACKBONE = "network.encoder.backbone."
+# Not network state: the encoder's input normalisation (ImageNet's, which preprocessing applies)
+# and the loss's class weights.
+_AUTHORS_SKIPPED = ("network.encoder.pixel_mean", "network.encoder.pixel_std", "criterion.")
+_AUTHORS_HEAD_RENAMES = (
+    (re.compile(r"^network\.q\."), "queries."),
+    (re.compile(r"^network\.mask_head\.([024])\."), None),  # nn.Sequential(fc, GELU, fc, ...)
+    (re.compile(r"^network\.upscale\.(\d+)\.conv1\."), r"upscale.\1.deconv."),
+    (re.compile(r"^network\.upscale\.(\d+)\.conv2\."), r"upscale.\1.dwconv."),
+    (re.compile(r"^network\."), ""),  # class_head, upscale.N.norm, attn_mask_probs
+)
+_AUTHORS_MASK_MLP = {"0": "fc1", "2": "fc2", "4": "fc3"}
+
+
+def _from_eomt_authors(state: Mapping[str, Tensor]) -> StateDict:
+    """The EoMT authors' `network.*` keys -> `EoMT` keys (the backbone through `_from_hf`)."""
+    backbone_part: StateDict = {}
+    out: StateDict = {}
+    for key, value in state.items():
+        if key.startswith(_AUTHORS_SKIPPED):
+            continue
+        if key.startswith(_AUTHORS_BACKBONE):
+            key = key[len(_AUTHORS_BACKBONE) :]
+            if key.startswith("patch_embed."):
+                key = "embeddings." + key[len("patch_embed.") :]
+            backbone_part[key] = value
+            continue
+        for pattern, replacement in _AUTHORS_HEAD_RENAMES:
+            if match := pattern.match(key):
+                if replacement is None:
+                    replacement = f"mask_head.{_AUTHORS_MASK_MLP[match[1]]}."
+                key = pattern.sub(replacement, key, count=1)
+                break
+        out[key] = value  # anything not renamed is reported as unexpected
+    backbone = _from_hf(backbone_part, ("blocks.",))
     out.update({"backbone." + k: v for k, v in backbone.items()})
     return out
 

@@ -51,31 +51,41 @@ class ModelInfo:
         return self.backbone.coco_steps
 
 
-_EOMT_AUTHORS_L640 = "https://huggingface.co/tue-mps/coco_panoptic_eomt_large_640_dinov3"
-
-
 def _pretrained_backbone(backbone: Backbone) -> ModelInfo:
     name = f"dinov3/{backbone.name}-eomt"
     return ModelInfo(name, backbone, (640, 640), backbone.joint_blocks, None, backbone.weights)
 
 
+def _eomt_authors(repo: str) -> WeightSource:
+    """The EoMT authors' public COCO panoptic checkpoint on the Hugging Face hub: their layout,
+    the backbone stored as differences to DINOv3 (added to the size's pretrained backbone)."""
+    return WeightSource(
+        filename=f"tue-mps--{repo}.bin",
+        layout="eomt-authors",
+        url=f"https://huggingface.co/tue-mps/{repo}/resolve/main/pytorch_model.bin",
+        is_delta=True,
+    )
+
+
 def _coco_panoptic(
-    backbone: str, image_size: tuple[int, int] = (640, 640), hint: str = ""
+    backbone: str, image_size: tuple[int, int] = (640, 640), published: str | None = None
 ) -> ModelInfo:
-    """A COCO panoptic fine-tuned network whose weights are not published as a file (`hint`
-    says where to get some)."""
+    """A COCO panoptic fine-tuned network: the EoMT authors' checkpoint `published` (a Hugging
+    Face repository of tue-mps), or weights the user supplies."""
     suffix = "" if image_size == (640, 640) else f"-{image_size[0]}"
     name = f"dinov3/{backbone}-eomt-panoptic-coco{suffix}"
     source = WeightSource(
         filename=name.replace("/", "--") + ".pt",
         unavailable=(
             f"The COCO panoptic fine-tuned weights of {name!r} are not published as a "
-            f"downloadable file.{hint} To fine-tune from the pretrained backbone instead, use "
-            f"model 'dinov3/{backbone}-eomt'."
+            "downloadable file (the EoMT authors publish ViT-S, ViT-B and ViT-L ones: "
+            "'dinov3/vits16-eomt-panoptic-coco', ...). To fine-tune from the pretrained "
+            f"backbone instead, use model 'dinov3/{backbone}-eomt'."
         ),
     )
     size = BACKBONES[backbone]
-    return ModelInfo(name, size, image_size, size.joint_blocks, COCO_PANOPTIC_CLASSES, source)
+    weights = source if published is None else _eomt_authors(published)
+    return ModelInfo(name, size, image_size, size.joint_blocks, COCO_PANOPTIC_CLASSES, weights)
 
 
 _MODELS: dict[str, ModelInfo] = {
@@ -83,20 +93,10 @@ _MODELS: dict[str, ModelInfo] = {
     for info in (
         _coco_panoptic("vitt16"),
         _coco_panoptic("vitt16plus"),
-        _coco_panoptic("vits16"),
-        _coco_panoptic("vitb16"),
-        _coco_panoptic(
-            "vitl16",
-            hint=(
-                f" The EoMT authors publish ViT-L 640 COCO panoptic weights at "
-                f"{_EOMT_AUTHORS_L640} (transformers EomtDinov3 layout, stored as differences to "
-                "the DINOv3 ViT-L weights); download its weights file and pass it as "
-                "weights=<that file> to load_model (backbone_weights=<that file> to create_model "
-                "or in model_args): the differences are added to the default ViT-L backbone "
-                "automatically."
-            ),
-        ),
-        _coco_panoptic("vitl16", image_size=(1280, 1280)),
+        _coco_panoptic("vits16", published="coco_panoptic_eomt_small_640_dinov3"),
+        _coco_panoptic("vitb16", published="coco_panoptic_eomt_base_640_dinov3"),
+        _coco_panoptic("vitl16", published="coco_panoptic_eomt_large_640_dinov3"),
+        _coco_panoptic("vitl16", (1280, 1280), published="coco_panoptic_eomt_large_1280_dinov3"),
         *(_pretrained_backbone(backbone) for backbone in BACKBONES.values()),
     )
 }
