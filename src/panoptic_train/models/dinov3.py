@@ -83,7 +83,10 @@ def rope_for_tokens(rope: tuple[Tensor, Tensor], num_prefix: int) -> tuple[Tenso
     sin, cos = rope
     half = sin.shape[-1] // 2
     sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
-    return F.pad(sin, (0, 0, num_prefix, 0)), F.pad(cos, (0, 0, num_prefix, 0), value=1.0)
+    # Concatenated rather than F.pad: the ONNX exporter writes pads with a reversed slice, which
+    # its constant folding skips (with a warning at every export).
+    prefix = (num_prefix, sin.shape[-1])
+    return torch.cat((sin.new_zeros(prefix), sin)), torch.cat((cos.new_ones(prefix), cos))
 
 
 def apply_rope(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
