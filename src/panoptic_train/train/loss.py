@@ -63,7 +63,9 @@ def _rows(masks: Tensor | MaskProjection, queries: Tensor) -> Tensor:
     """The dense mask logits (N, h, w) of one image's `queries`."""
     if isinstance(masks, MaskProjection):
         # (h * w, D) @ (D, N) viewed as (N, h, w): the features' gradient then comes out
-        # channels-last like the features, with no transposing copy in backward.
+        # channels-last like the features, with no transposing copy in backward (inference's
+        # `MaskProjection.logits_of` multiplies the other way round, for rows the merge reads
+        # contiguously).
         pixels = masks.features.flatten(1).T
         rows = pixels @ masks.embeddings[queries].T
         return rows.T.unflatten(1, masks.features.shape[-2:])
