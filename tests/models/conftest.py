@@ -44,3 +44,15 @@ def perturb_(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> Non
 @pytest.fixture
 def perturb():
     return perturb_
+
+
+def transformers_sizes(arch: DinoV3Arch) -> dict[str, int]:
+    """The arguments of a transformers DINOv3 (or EoMT-DINOv3) config for `arch`'s sizes."""
+    return {
+        "hidden_size": arch.embed_dim,
+        "num_hidden_layers": arch.depth,
+        "num_attention_heads": arch.num_heads,
+        "intermediate_size": arch.ffn_hidden,
+        "num_register_tokens": 4,
+        "image_size": 64,
+    }

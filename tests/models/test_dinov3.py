@@ -14,6 +14,8 @@ from panoptic_train.models import weights
 from panoptic_train.models.dinov3 import DinoV3ViT
 from panoptic_train.models.eomt import EoMT, EoMTConfig
 
+from .conftest import transformers_sizes
+
 transformers = pytest.importorskip("transformers")
 
 
@@ -21,14 +23,9 @@ def hf_dinov3(arch_name: str, archs: dict, perturb) -> torch.nn.Module:
     """A random transformers DINOv3ViTModel with the same sizes as our test arch."""
     arch = archs[arch_name]
     config = transformers.DINOv3ViTConfig(
-        hidden_size=arch.embed_dim,
-        num_hidden_layers=arch.depth,
-        num_attention_heads=arch.num_heads,
-        intermediate_size=arch.ffn_hidden,
-        num_register_tokens=4,
+        **transformers_sizes(arch),
         use_gated_mlp=arch.swiglu,
         hidden_act="silu" if arch.swiglu else "gelu",
-        image_size=64,
     )
     model = transformers.DINOv3ViTModel(config).eval()
     perturb(model)

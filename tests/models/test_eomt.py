@@ -15,7 +15,7 @@ from panoptic_train.models import hub, weights
 from panoptic_train.models.backbones import DinoV3Arch, WeightSource
 from panoptic_train.models.eomt import EoMT, EoMTConfig, _upsample_2x2
 
-from .conftest import register_backbone
+from .conftest import register_backbone, transformers_sizes
 
 transformers = pytest.importorskip("transformers", minversion="5.1")
 
@@ -36,15 +36,10 @@ def transformers_eomt(arch: DinoV3Arch, perturb) -> torch.nn.Module:
     # (silu) backbone would put silu in its heads, where EoMT has GELU. The gated backbone's
     # parity is covered by test_dinov3.
     config = transformers.EomtDinov3Config(
-        hidden_size=arch.embed_dim,
-        num_hidden_layers=arch.depth,
-        num_attention_heads=arch.num_heads,
-        intermediate_size=arch.ffn_hidden,
-        num_register_tokens=4,
+        **transformers_sizes(arch),
         num_blocks=2,
         num_queries=7,
         num_labels=5,
-        image_size=64,
         layer_norm_eps=1e-5,  # DINOv3's value; the config's default is DINOv2's 1e-6
     )
     peer = transformers.EomtDinov3ForUniversalSegmentation(config).eval()
@@ -105,14 +100,7 @@ def test_the_eomt_authors_checkpoints_give_identical_logits(
     arch = tiny_archs["test-mlp"]
     peer = transformers_eomt(arch, perturb)
     pretrained = transformers.DINOv3ViTModel(
-        transformers.DINOv3ViTConfig(
-            hidden_size=arch.embed_dim,
-            num_hidden_layers=arch.depth,
-            num_attention_heads=arch.num_heads,
-            intermediate_size=arch.ffn_hidden,
-            num_register_tokens=4,
-            image_size=64,
-        )
+        transformers.DINOv3ViTConfig(**transformers_sizes(arch))
     )
     perturb(pretrained, seed=3)
     cache = tmp_path / "cache"
