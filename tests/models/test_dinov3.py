@@ -11,7 +11,7 @@ import torch
 
 from panoptic_train.errors import ConfigError
 from panoptic_train.models import weights
-from panoptic_train.models.dinov3 import DinoV3ViT
+from panoptic_train.models.dinov3 import DinoV3ViT, LayerScale
 from panoptic_train.models.eomt import EoMT, EoMTConfig
 
 from .conftest import transformers_sizes
@@ -205,3 +205,19 @@ def test_parameter_counts_match_published_sizes(arch: str, expected_millions: fl
     millions = sum(p.numel() for p in model.parameters()) / 1e6
     # 0.5 %, but never tighter than the 0.05 M rounding of the published one-decimal figures
     assert abs(millions - expected_millions) <= max(0.005 * expected_millions, 0.05), millions
+
+
+def test_layer_scale_folded_into_the_linear_layer_equals_scaling_its_output() -> None:
+    """Values and gradients (input, weight, bias, gamma) as `layer(x) * gamma` computes them."""
+    generator = torch.Generator().manual_seed(0)
+    layer, scale = torch.nn.Linear(12, 8), LayerScale(8)
+    with torch.no_grad():
+        scale.gamma.copy_(torch.rand(8, generator=generator) + 0.5)
+    x = torch.randn(2, 5, 12, generator=generator, requires_grad=True)
+    upstream = torch.randn(2, 5, 8, generator=generator)
+    leaves = (x, layer.weight, layer.bias, scale.gamma)
+    folded = torch.autograd.grad((scale.linear(layer, x) * upstream).sum(), leaves)
+    reference = torch.autograd.grad((layer(x) * scale.gamma * upstream).sum(), leaves)
+    torch.testing.assert_close(scale.linear(layer, x), layer(x) * scale.gamma)
+    for mine, expected in zip(folded, reference, strict=True):
+        torch.testing.assert_close(mine, expected)

@@ -129,8 +129,15 @@ class Attention(nn.Module):
         )
         self.proj = nn.Linear(embed_dim, embed_dim)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], attn_mask: Tensor | None) -> Tensor:
-        """`rope`: (sin, cos) of every token, from `rope_for_tokens`."""
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor],
+        attn_mask: Tensor | None,
+        scale: LayerScale,
+    ) -> Tensor:
+        """`rope`: (sin, cos) of every token, from `rope_for_tokens`; `scale`: the branch's
+        LayerScale, applied with the output projection."""
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
@@ -138,16 +145,23 @@ class Attention(nn.Module):
         k = apply_rope(k, *rope)
         # A copy of v, not a view: backward then keeps it instead of the whole qkv output.
         out = F.scaled_dot_product_attention(q, k, v.contiguous(), attn_mask=attn_mask)
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+        return scale.linear(self.proj, out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
 class LayerScale(nn.Module):
+    """A learned per-channel scale of a residual branch, applied by its last linear layer:
+    (x W^T + b) * gamma as x (gamma W)^T + gamma b. Backward then keeps only that layer's input,
+    not its output too, and no elementwise pass over the tokens is made (exported graphs fold
+    the product into the weights)."""
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.gamma = nn.Parameter(torch.full((dim,), LAYER_SCALE_INIT))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.gamma
+    def linear(self, layer: nn.Linear, x: Tensor) -> Tensor:
+        """`layer(x) * gamma`."""
+        bias = None if layer.bias is None else layer.bias * self.gamma
+        return F.linear(x, layer.weight * self.gamma[:, None], bias)
 
 
 class Mlp(nn.Module):
@@ -156,8 +170,8 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+    def forward(self, x: Tensor, scale: LayerScale) -> Tensor:
+        return scale.linear(self.fc2, F.gelu(self.fc1(x)))
 
 
 class SwiGLU(nn.Module):
@@ -169,8 +183,8 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(dim, hidden)
         self.w3 = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+    def forward(self, x: Tensor, scale: LayerScale) -> Tensor:
+        return scale.linear(self.w3, F.silu(self.w1(x)) * self.w2(x))
 
 
 class Block(nn.Module):
@@ -183,7 +197,7 @@ class Block(nn.Module):
         self.attn = Attention(dim, arch.num_heads, arch.qkv_bias)
         self.ls1 = LayerScale(dim)
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        self.mlp: nn.Module = (
+        self.mlp: Mlp | SwiGLU = (
             SwiGLU(dim, arch.ffn_hidden) if arch.swiglu else Mlp(dim, arch.ffn_hidden)
         )
         self.ls2 = LayerScale(dim)
@@ -193,8 +207,8 @@ class Block(nn.Module):
     ) -> Tensor:
         """`rope`: from `rope_for_tokens`; `attn_mask`: None, or bool (B, 1, N, N) with True where
         attention is allowed."""
-        x = x + self.ls1(self.attn(self.norm1(x), rope, attn_mask))
-        return x + self.ls2(self.mlp(self.norm2(x)))
+        x = x + self.attn(self.norm1(x), rope, attn_mask, self.ls1)
+        return x + self.mlp(self.norm2(x), self.ls2)
 
 
 class DinoV3ViT(nn.Module):
