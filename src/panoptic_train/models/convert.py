@@ -20,7 +20,7 @@ bias becomes the zeros that the other layouts imply.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -228,14 +228,17 @@ _AUTHORS_BACKBONE = "network.encoder.backbone."
 # Not network state: the encoder's input normalisation (ImageNet's, which preprocessing applies)
 # and the loss's class weights.
 _AUTHORS_SKIPPED = ("network.encoder.pixel_mean", "network.encoder.pixel_std", "criterion.")
-_AUTHORS_HEAD_RENAMES = (
+_AUTHORS_MASK_MLP = {"0": "fc1", "2": "fc2", "4": "fc3"}  # nn.Sequential(fc, GELU, fc, GELU, fc)
+_AUTHORS_HEAD_RENAMES: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
     (re.compile(r"^network\.q\."), "queries."),
-    (re.compile(r"^network\.mask_head\.([024])\."), None),  # nn.Sequential(fc, GELU, fc, ...)
+    (
+        re.compile(r"^network\.mask_head\.([024])\."),
+        lambda m: f"mask_head.{_AUTHORS_MASK_MLP[m[1]]}.",
+    ),
     (re.compile(r"^network\.upscale\.(\d+)\.conv1\."), r"upscale.\1.deconv."),
     (re.compile(r"^network\.upscale\.(\d+)\.conv2\."), r"upscale.\1.dwconv."),
     (re.compile(r"^network\."), ""),  # class_head, upscale.N.norm, attn_mask_probs
 )
-_AUTHORS_MASK_MLP = {"0": "fc1", "2": "fc2", "4": "fc3"}
 
 
 def _from_eomt_authors(state: Mapping[str, Tensor]) -> StateDict:
@@ -252,10 +255,8 @@ def _from_eomt_authors(state: Mapping[str, Tensor]) -> StateDict:
             backbone_part[key] = value
             continue
         for pattern, replacement in _AUTHORS_HEAD_RENAMES:
-            if match := pattern.match(key):
-                if replacement is None:
-                    replacement = f"mask_head.{_AUTHORS_MASK_MLP[match[1]]}."
-                key = pattern.sub(replacement, key, count=1)
+            key, renamed = pattern.subn(replacement, key, count=1)
+            if renamed:
                 break
         out[key] = value  # anything not renamed is reported as unexpected
     backbone = _from_hf(backbone_part, ("blocks.",))
