@@ -74,17 +74,19 @@ def _coco_panoptic(
     Face repository of tue-mps), or weights the user supplies."""
     suffix = "" if image_size == (640, 640) else f"-{image_size[0]}"
     name = f"dinov3/{backbone}-eomt-panoptic-coco{suffix}"
-    source = WeightSource(
-        filename=name.replace("/", "--") + ".pt",
-        unavailable=(
-            f"The COCO panoptic fine-tuned weights of {name!r} are not published as a "
-            "downloadable file (the EoMT authors publish ViT-S, ViT-B and ViT-L ones: "
-            "'dinov3/vits16-eomt-panoptic-coco', ...). To fine-tune from the pretrained "
-            f"backbone instead, use model 'dinov3/{backbone}-eomt'."
-        ),
-    )
+    if published is not None:
+        weights = _eomt_authors(published)
+    else:
+        weights = WeightSource(
+            filename=name.replace("/", "--") + ".pt",
+            unavailable=(
+                f"The COCO panoptic fine-tuned weights of {name!r} are not published as a "
+                "downloadable file (the EoMT authors publish ViT-S, ViT-B and ViT-L ones: "
+                "'dinov3/vits16-eomt-panoptic-coco', ...). To fine-tune from the pretrained "
+                f"backbone instead, use model 'dinov3/{backbone}-eomt'."
+            ),
+        )
     size = BACKBONES[backbone]
-    weights = source if published is None else _eomt_authors(published)
     return ModelInfo(name, size, image_size, size.joint_blocks, COCO_PANOPTIC_CLASSES, weights)
 
 
