@@ -123,10 +123,19 @@ def job_exit_code(failures: Iterable[_Failure]) -> int:
 
 @contextmanager
 def process_group(launch: Launch) -> Iterator[Ranks]:
-    """Join the job's process group (gloo, env:// rendezvous) for the block."""
+    """Join the job's process group (gloo, env:// rendezvous) for the block, and be rid of it
+    when the block ends. Left to the interpreter's exit, the teardown of gloo's threads aborted
+    about 1 refusing job in 30 ("terminate called without an active exception": exit 134
+    instead of the job's 2)."""
+    # `torch.distributed.nn.functional` binds `group.WORLD` as default arguments when it is first
+    # imported, as torch._dynamo does (torchvision imports it): imported while the group is up,
+    # it would keep the group for good.
+    import torch.distributed.nn.functional  # noqa: F401
+
     dist.init_process_group("gloo", rank=launch.rank, world_size=launch.world_size)
     ranks = Ranks.current()
     assert ranks is not None
+    Ranks.joined = ranks
     try:
         yield ranks
         ranks.barrier()  # tear down together, none while another still exchanges data
@@ -135,16 +144,17 @@ def process_group(launch: Launch) -> Iterator[Ranks]:
             ranks.barrier()
         raise
     finally:
+        Ranks.joined = None
         dist.destroy_process_group()
-        # The error's traceback keeps `ranks` alive until the interpreter exits. Without both
-        # the barrier and this, a job refusing its arguments aborted in 1 of 6 runs ("terminate
-        # called without an active exception", exit 134) instead of exiting with the error's
-        # code; with both, 26 of 26 exited cleanly (tests/inference/test_distributed_predict.py).
+        # An error's traceback may keep `ranks` alive: dropped here, the group goes (and gloo's
+        # threads with it) now, not when the error has been reported or at interpreter exit.
         ranks.release()
 
 
 class Ranks:
     """The processes of an initialised torch.distributed job, for coordinating work on files."""
+
+    joined: Ranks | None = None  # the job `process_group` joined, while the block lasts
 
     def __init__(self, group: Any) -> None:
         self._group = group
@@ -156,7 +166,10 @@ class Ranks:
     def current(cls) -> Ranks | None:
         """The job this process belongs to; None unless torch.distributed is initialised with
         more than one process. A job whose backend is not gloo (NCCL) gets a gloo group of the
-        same processes: Python objects travel through the CPU."""
+        same processes: Python objects travel through the CPU. Inside `process_group`, the
+        block's own (one handle, released with the group)."""
+        if cls.joined is not None:
+            return cls.joined
         if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
             return None
         if dist.get_backend() == "gloo":
@@ -180,10 +193,13 @@ class Ranks:
             except Exception as error:
                 outcome[0] = (False, error)
         dist.broadcast_object_list(outcome, src=0, group=self._group)
-        succeeded, value = outcome[0]
+        succeeded, value = outcome.pop()
         if not succeeded:
             self.failed_together = True
-            raise value
+            try:
+                raise value
+            finally:
+                del value  # the error's traceback holds this frame: no cycle through it
         return value
 
     def gather(self, value: T) -> list[T]:

@@ -110,6 +110,7 @@ class Trainer:
 
     def fit(self) -> None:
         fabric = self.fabric
+        joins_a_job = not _in_process_group()
         fabric.launch()
         if fabric.device.type == "cpu":
             tune_for_tensors()
@@ -121,6 +122,12 @@ class Trainer:
             finally:
                 best = self.paths.exported_best
                 state.loggers.finish(best if best.is_file() else self.paths.exported_last)
+        if joins_a_job and _in_process_group():
+            # The process group Fabric set up goes with the run, gloo's or NCCL's threads with
+            # it, not at interpreter exit (see `_distributed.process_group`). After a failure
+            # the process ends instead: a peer may still be in a collective.
+            fabric.barrier()
+            torch.distributed.destroy_process_group()
 
     # ------------------------------------------------------------------ setup
 
@@ -479,6 +486,10 @@ def _head_lr(optimizer: torch.optim.Optimizer) -> float:
 
 def _backbone_lr(optimizer: torch.optim.Optimizer) -> float:
     return max(g["lr"] for g in optimizer.param_groups if g["is_backbone"])
+
+
+def _in_process_group() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _is_oom(error: BaseException) -> bool:
