@@ -185,12 +185,14 @@ def convert_backbone(state: Mapping[str, Tensor], layout: Layout) -> StateDict:
     raise WeightsError(f"Layout {layout!r} is a whole network, not a backbone.")
 
 
+# The upscale blocks' convolutions as both EoMT layouts name them (the authors' `ScaleBlock`,
+# which transformers kept): the 2x2 transposed one, then the depthwise 3x3.
+_UPSCALE_CONVS = {"conv1": "deconv", "conv2": "dwconv"}
 _HF_EOMT_HEAD_RENAMES = (
     ("query.", "queries."),
     ("class_predictor.", "class_head."),
     ("upscale_block.block.", "upscale."),
-    (".conv1.", ".deconv."),
-    (".conv2.", ".dwconv."),
+    *((f".{old}.", f".{new}.") for old, new in _UPSCALE_CONVS.items()),
     (".layernorm2d.", ".norm."),
 )
 
@@ -235,8 +237,10 @@ _AUTHORS_HEAD_RENAMES: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str
         re.compile(r"^network\.mask_head\.([024])\."),
         lambda m: f"mask_head.{_AUTHORS_MASK_MLP[m[1]]}.",
     ),
-    (re.compile(r"^network\.upscale\.(\d+)\.conv1\."), r"upscale.\1.deconv."),
-    (re.compile(r"^network\.upscale\.(\d+)\.conv2\."), r"upscale.\1.dwconv."),
+    (
+        re.compile(r"^network\.upscale\.(\d+)\.(conv[12])\."),
+        lambda m: f"upscale.{m[1]}.{_UPSCALE_CONVS[m[2]]}.",
+    ),
     (re.compile(r"^network\."), ""),  # class_head, upscale.N.norm, attn_mask_probs
 )
 
