@@ -135,7 +135,6 @@ def process_group(launch: Launch) -> Iterator[Ranks]:
     dist.init_process_group("gloo", rank=launch.rank, world_size=launch.world_size)
     ranks = Ranks.current()
     assert ranks is not None
-    Ranks.joined = ranks
     try:
         yield ranks
         ranks.barrier()  # tear down together, none while another still exchanges data
@@ -144,7 +143,6 @@ def process_group(launch: Launch) -> Iterator[Ranks]:
             ranks.barrier()
         raise
     finally:
-        Ranks.joined = None
         dist.destroy_process_group()
         # An error's traceback may keep `ranks` alive: dropped here, the group goes (and gloo's
         # threads with it) now, not when the error has been reported or at interpreter exit.
@@ -153,8 +151,6 @@ def process_group(launch: Launch) -> Iterator[Ranks]:
 
 class Ranks:
     """The processes of an initialised torch.distributed job, for coordinating work on files."""
-
-    joined: Ranks | None = None  # the job `process_group` joined, while the block lasts
 
     def __init__(self, group: Any) -> None:
         self._group = group
@@ -166,10 +162,7 @@ class Ranks:
     def current(cls) -> Ranks | None:
         """The job this process belongs to; None unless torch.distributed is initialised with
         more than one process. A job whose backend is not gloo (NCCL) gets a gloo group of the
-        same processes: Python objects travel through the CPU. Inside `process_group`, the
-        block's own (one handle, released with the group)."""
-        if cls.joined is not None:
-            return cls.joined
+        same processes: Python objects travel through the CPU."""
         if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
             return None
         if dist.get_backend() == "gloo":
